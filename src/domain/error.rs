@@ -1,0 +1,197 @@
+//! The one error type of the domain. Every expected refusal is a [`Rejection`] with the gRPC code,
+//! ZITADEL's error id and its English message (SPEC.md §3); the transports only translate it.
+
+use std::fmt;
+
+/// The gRPC status codes this service answers with. The transports map them to HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
+/// An expected refusal: code, ZITADEL's error id and message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: Code,
+    pub id: &'static str,
+    pub message: &'static str,
+}
+
+const fn rejection(code: Code, id: &'static str, message: &'static str) -> Rejection {
+    Rejection { code, id, message }
+}
+
+pub const USER_NOT_FOUND: Rejection =
+    rejection(Code::NotFound, "COMMAND-M9dsd", "User could not be found");
+pub const NO_PERMISSION: Rejection = rejection(
+    Code::PermissionDenied,
+    "AUTH-AWfge",
+    "No matching permissions found",
+);
+pub const TOTP_ALREADY_SET_UP: Rejection = rejection(
+    Code::AlreadyExists,
+    "COMMAND-do9se",
+    "Multifactor OTP (OneTimePassword) is already set up",
+);
+pub const TOTP_NOT_REGISTERED: Rejection = rejection(
+    Code::NotFound,
+    "COMMAND-3Mif9s",
+    "Multifactor OTP (OneTimePassword) doesn't exist",
+);
+pub const TOTP_ALREADY_VERIFIED: Rejection = rejection(
+    Code::FailedPrecondition,
+    "COMMAND-qx4ls",
+    "Multifactor OTP (OneTimePassword) is already set up",
+);
+pub const USER_LOCKED: Rejection =
+    rejection(Code::FailedPrecondition, "COMMAND-SF3fg", "User is locked");
+pub const INVALID_CODE: Rejection = rejection(Code::InvalidArgument, "EVENT-8isk2", "Invalid code");
+pub const CODE_ALREADY_USED: Rejection =
+    rejection(Code::InvalidArgument, "TOTP-Auw0a", "Code was already used");
+pub const TOTP_NOT_FOUND_ON_REMOVE: Rejection = rejection(
+    Code::NotFound,
+    "COMMAND-Hd9sd",
+    "Multifactor OTP (OneTimePassword) doesn't exist",
+);
+pub const TOTP_NOT_READY: Rejection = rejection(
+    Code::FailedPrecondition,
+    "COMMAND-3Mif9s",
+    "Multifactor OTP (OneTimePassword) isn't ready",
+);
+pub const USER_ALREADY_EXISTS: Rejection =
+    rejection(Code::AlreadyExists, "COMMAND-7yiox1isql", "User already exists");
+pub const ORG_DOMAIN_UNSUPPORTED: Rejection = rejection(
+    Code::InvalidArgument,
+    "USER-o1rg4",
+    "Organization must be given by org_id, org_domain is not supported (use org_id)",
+);
+pub const ORG_MISSING: Rejection = rejection(
+    Code::InvalidArgument,
+    "USER-o2rg5",
+    "Organization is missing: give organization.org_id or use a token with a resource owner",
+);
+pub const TOTP_SECRET_INVALID: Rejection = rejection(
+    Code::InvalidArgument,
+    "USER-t0tp1",
+    "TOTP secret must be base32 of at least 16 bytes",
+);
+pub const SECRET_KEY_UNAVAILABLE: Rejection = rejection(
+    Code::FailedPrecondition,
+    "CRYPTO-k3y0f",
+    "The TOTP secret is sealed under a key that is not configured",
+);
+
+/// Why a request carried no usable token (code 16, no ErrorDetail, as ZITADEL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header at all.
+    Missing,
+    /// A header that is not `Bearer <token>`.
+    NotBearer,
+    /// A bearer token that failed signature, issuer, audience or time checks.
+    InvalidToken,
+}
+
+impl AuthFailure {
+    /// The message as it appears in `grpc-message` and the REST body.
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "auth header missing",
+            AuthFailure::NotBearer => "invalid auth header (AUTH-toLo1)",
+            AuthFailure::InvalidToken => "Errors.Token.Invalid (AUTH-7fs1e)",
+        }
+    }
+}
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request broke a field rule (code 3, no ErrorDetail).
+    #[error("{0}")]
+    Validation(String),
+    /// The token is missing or bad (code 16, no ErrorDetail).
+    #[error("{}", .0.message())]
+    Unauthenticated(AuthFailure),
+    /// An expected refusal, sent with one ErrorDetail.
+    #[error("{} ({})", .0.message, .0.id)]
+    Rejected(Rejection),
+    /// The database cannot be reached (code 14). The text is for the log only.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Anything unexpected (code 13). The text is for the log only, never for the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<Rejection> for Error {
+    fn from(rejection: Rejection) -> Self {
+        Error::Rejected(rejection)
+    }
+}
+
+/// What a client is told about an error: the same on every protocol (SPEC.md §4).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicError {
+    pub code: Code,
+    /// `"<message> (<id>)"`, or the bare message where there is no id.
+    pub message: String,
+    /// `(id, message)` of the single ErrorDetail, where the error carries one.
+    pub detail: Option<(&'static str, &'static str)>,
+}
+
+impl Error {
+    /// The client's view of this error. Internal causes stay out of it.
+    pub fn public(&self) -> PublicError {
+        match self {
+            Error::Validation(message) => PublicError {
+                code: Code::InvalidArgument,
+                message: message.clone(),
+                detail: None,
+            },
+            Error::Unauthenticated(failure) => PublicError {
+                code: Code::Unauthenticated,
+                message: failure.message().to_owned(),
+                detail: None,
+            },
+            Error::Rejected(rejection) => PublicError {
+                code: rejection.code,
+                message: format!("{} ({})", rejection.message, rejection.id),
+                detail: Some((rejection.id, rejection.message)),
+            },
+            Error::Unavailable(_) => PublicError {
+                code: Code::Unavailable,
+                message: "The service is unavailable, try again later (STORE-unav1)".to_owned(),
+                detail: Some(("STORE-unav1", "The service is unavailable, try again later")),
+            },
+            Error::Internal(_) => PublicError {
+                code: Code::Internal,
+                message: "An internal error occurred (INTERNAL-0x0)".to_owned(),
+                detail: Some(("INTERNAL-0x0", "An internal error occurred")),
+            },
+        }
+    }
+
+    /// Whether the cause should be logged (the client never sees it).
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Internal(_))
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", *self as i32)
+    }
+}
+
+/// Shorthand used across the domain.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,14 @@
+//! The rules of the service, free of HTTP, gRPC and SQL: who may do what, the TOTP math, replay
+//! and lockout decisions, and the events each command appends. Storage is reached only through
+//! the [`store::Store`] port, time only through a [`clock::Clock`].
+
+pub mod authz;
+pub mod clock;
+pub mod error;
+pub mod service;
+pub mod store;
+pub mod totp;
+pub mod types;
+
+pub use error::{Code, Error, Rejection};
+pub use service::{Service, Settings};

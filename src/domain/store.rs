@@ -1,0 +1,76 @@
+//! The storage port: what the domain needs from a database, and nothing of SQL. An adapter in
+//! `crate::store` implements it; every write happens in one transaction that locks the user's row,
+//! hands the current state to the domain's decision, and stores the outcome with its events.
+
+use async_trait::async_trait;
+
+use super::clock::Timestamp;
+use super::error::Error;
+use super::types::{Details, TotpRecord, UserRecord};
+
+/// A user and its TOTP credential, as read inside (or outside) a transaction.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub user: UserRecord,
+    pub totp: Option<TotpRecord>,
+}
+
+/// One event to append to the user's log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub event_type: &'static str,
+    /// Audit data; never a secret or a code.
+    pub payload: serde_json::Value,
+}
+
+/// What to do with the TOTP row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TotpChange {
+    Keep,
+    Put(TotpRecord),
+    Delete,
+}
+
+/// The outcome of a decision, written in one transaction.
+#[derive(Debug)]
+pub struct Changes {
+    /// When the events happened.
+    pub at: Timestamp,
+    /// Who caused them (the token's subject).
+    pub creator: String,
+    /// Events in order; numbered `user.sequence - events.len() + 1 ..= user.sequence`.
+    pub events: Vec<NewEvent>,
+    /// The user row after the change.
+    pub user: UserRecord,
+    pub totp: TotpChange,
+    /// A refusal to answer once the changes are committed (a wrong code is recorded, then refused).
+    pub then_fail: Option<Error>,
+}
+
+/// What a committed write left: the details for the client and the user row as written.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub details: Details,
+    pub user: UserRecord,
+}
+
+/// The domain's decision, run inside the write transaction with the locked current state
+/// (`None` when the user does not exist). An `Err` rolls the transaction back.
+pub type Decide = Box<dyn FnOnce(Option<Snapshot>) -> Result<Changes, Error> + Send>;
+
+/// Storage for users, their TOTP credentials and their event log.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new user (and optionally a TOTP) with its first events, or refuses with
+    /// `USER_ALREADY_EXISTS` when the id is taken.
+    async fn insert_user(&self, changes: Changes) -> Result<Committed, Error>;
+
+    /// Reads a user and its TOTP without locking.
+    async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error>;
+
+    /// Locks the user's row, lets `decide` choose the changes and commits them with their events.
+    async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), Error>;
+}

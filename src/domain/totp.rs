@@ -1,0 +1,245 @@
+//! RFC 6238 time-based one-time passwords: secrets, codes, the accepted window and the otpauth URI.
+//! A check returns the time step it matched, so the caller can refuse a step used before
+//! (RFC 6238 §5.2); comparisons are constant-time.
+
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+
+/// Bytes in a newly generated secret (160 bits, as RFC 4226 recommends and ZITADEL uses).
+pub const SECRET_BYTES: usize = 20;
+/// Shortest secret accepted on import (128 bits, RFC 4226 §4's minimum).
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Digits of a code.
+pub const DIGITS: u32 = 6;
+/// Seconds per time step.
+pub const PERIOD: u32 = 30;
+/// Steps accepted either side of the current one.
+pub const SKEW_STEPS: i64 = 1;
+
+/// The HMAC behind a code. Only SHA-1 is issued (every authenticator app supports it); the others
+/// exist for the RFC's test vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+/// A TOTP shared secret. Debug never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// A fresh random secret of [`SECRET_BYTES`].
+    pub fn generate(rng: &mut impl RngCore) -> Self {
+        let mut bytes = vec![0u8; SECRET_BYTES];
+        rng.fill_bytes(&mut bytes);
+        Secret(bytes)
+    }
+
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    /// Parses base32 (RFC 4648, case-insensitive, padding and spaces allowed) of at least
+    /// [`MIN_SECRET_BYTES`]; `None` when it is not.
+    pub fn from_base32(text: &str) -> Option<Self> {
+        let cleaned: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '=')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let bytes = data_encoding::BASE32_NOPAD.decode(cleaned.as_bytes()).ok()?;
+        (bytes.len() >= MIN_SECRET_BYTES).then_some(Secret(bytes))
+    }
+
+    /// Base32 without padding, as authenticator apps take it (32 characters for 20 bytes).
+    pub fn to_base32(&self) -> String {
+        data_encoding::BASE32_NOPAD.encode(&self.0)
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The time step that contains `unix_seconds`.
+pub fn step_at(unix_seconds: i64, period: u32) -> i64 {
+    unix_seconds.div_euclid(i64::from(period))
+}
+
+/// The code for one time step (RFC 4226 dynamic truncation), zero-padded to `digits`.
+pub fn code_for_step(secret: &Secret, step: i64, digits: u32, algorithm: Algorithm) -> String {
+    let counter = step.to_be_bytes();
+    let digest = match algorithm {
+        Algorithm::Sha1 => hmac_digest::<Hmac<sha1::Sha1>>(secret.expose(), &counter),
+        Algorithm::Sha256 => hmac_digest::<Hmac<sha2::Sha256>>(secret.expose(), &counter),
+        Algorithm::Sha512 => hmac_digest::<Hmac<sha2::Sha512>>(secret.expose(), &counter),
+    };
+    let offset = usize::from(digest[digest.len() - 1] & 0x0f);
+    let binary = u32::from_be_bytes([
+        digest[offset] & 0x7f,
+        digest[offset + 1],
+        digest[offset + 2],
+        digest[offset + 3],
+    ]);
+    let value = u64::from(binary) % 10u64.pow(digits);
+    format!("{value:0width$}", width = digits as usize)
+}
+
+fn hmac_digest<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The newest step in the accepted window (current, one back, one ahead) whose code equals
+/// `submitted` once trimmed of surrounding white space; `None` when none does, or when the trimmed
+/// code is not exactly `digits` ASCII digits. Every candidate is computed and compared in constant
+/// time, so timing does not tell which step matched.
+pub fn matching_step(secret: &Secret, submitted: &str, unix_seconds: i64, digits: u32, period: u32) -> Option<i64> {
+    let code = submitted.trim();
+    if code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let current = step_at(unix_seconds, period);
+    let mut matched = None;
+    for step in (current - SKEW_STEPS)..=(current + SKEW_STEPS) {
+        let expected = code_for_step(secret, step, digits, Algorithm::Sha1);
+        if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
+            matched = Some(step);
+        }
+    }
+    matched
+}
+
+/// Percent-encodes a URI label or query value: keeps RFC 3986 unreserved characters and `@`
+/// (so an e-mail account stays readable), encodes everything else, spaces as `%20`.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'@') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The `otpauth://` URI an authenticator app scans (Key Uri Format), query keys sorted:
+/// `otpauth://totp/<issuer>:<account>?algorithm=SHA1&digits=6&issuer=<issuer>&period=30&secret=<S>`.
+pub fn otpauth_uri(issuer: &str, account: &str, secret: &Secret) -> String {
+    let issuer = percent_encode(issuer);
+    format!(
+        "otpauth://totp/{issuer}:{account}?algorithm=SHA1&digits={DIGITS}&issuer={issuer}&period={PERIOD}&secret={secret}",
+        account = percent_encode(account),
+        secret = secret.to_base32(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ascii_secret(text: &str) -> Secret {
+        Secret::from_bytes(text.as_bytes().to_vec())
+    }
+
+    /// RFC 6238 appendix B: 8-digit codes at fixed times, for each HMAC.
+    #[test]
+    fn matches_the_rfc_6238_appendix_b_vectors() {
+        let sha1 = ascii_secret("12345678901234567890");
+        let sha256 = ascii_secret("12345678901234567890123456789012");
+        let sha512 = ascii_secret(
+            "1234567890123456789012345678901234567890123456789012345678901234",
+        );
+        let vectors: [(i64, &str, &str, &str); 6] = [
+            (59, "94287082", "46119246", "90693936"),
+            (1_111_111_109, "07081804", "68084774", "25091201"),
+            (1_111_111_111, "14050471", "67062674", "99943326"),
+            (1_234_567_890, "89005924", "91819424", "93441116"),
+            (2_000_000_000, "69279037", "90698825", "38618901"),
+            (20_000_000_000, "65353130", "77737706", "47863826"),
+        ];
+        for (time, want_sha1, want_sha256, want_sha512) in vectors {
+            let step = step_at(time, 30);
+            assert_eq!(code_for_step(&sha1, step, 8, Algorithm::Sha1), want_sha1, "SHA1 at {time}");
+            assert_eq!(code_for_step(&sha256, step, 8, Algorithm::Sha256), want_sha256, "SHA256 at {time}");
+            assert_eq!(code_for_step(&sha512, step, 8, Algorithm::Sha512), want_sha512, "SHA512 at {time}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_current_previous_and_next_step_and_reports_which() {
+        let secret = ascii_secret("12345678901234567890");
+        let now = 1_111_111_111;
+        let current = step_at(now, PERIOD);
+        for offset in [-1, 0, 1] {
+            let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
+            assert_eq!(matching_step(&secret, &code, now, DIGITS, PERIOD), Some(current + offset));
+        }
+    }
+
+    #[test]
+    fn rejects_a_code_from_two_steps_ago() {
+        let secret = ascii_secret("12345678901234567890");
+        let now = 1_111_111_111;
+        let code = code_for_step(&secret, step_at(now, PERIOD) - 2, DIGITS, Algorithm::Sha1);
+        assert_eq!(matching_step(&secret, &code, now, DIGITS, PERIOD), None);
+    }
+
+    #[test]
+    fn trims_white_space_but_refuses_wrong_lengths_and_non_digits() {
+        let secret = ascii_secret("12345678901234567890");
+        let now = 1_111_111_111;
+        let code = code_for_step(&secret, step_at(now, PERIOD), DIGITS, Algorithm::Sha1);
+        assert!(matching_step(&secret, &format!(" {code} "), now, DIGITS, PERIOD).is_some());
+        assert!(matching_step(&secret, &format!("{code}0"), now, DIGITS, PERIOD).is_none());
+        assert!(matching_step(&secret, &code[..5], now, DIGITS, PERIOD).is_none());
+        assert!(matching_step(&secret, "12345a", now, DIGITS, PERIOD).is_none());
+        assert!(matching_step(&secret, "１２３４５６", now, DIGITS, PERIOD).is_none());
+    }
+
+    #[test]
+    fn generated_secrets_are_32_base32_characters_and_round_trip() {
+        let secret = Secret::generate(&mut rand::thread_rng());
+        let text = secret.to_base32();
+        assert_eq!(text.len(), 32);
+        assert!(text.chars().all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c)));
+        assert_eq!(Secret::from_base32(&text.to_lowercase()), Some(secret));
+    }
+
+    #[test]
+    fn refuses_imported_secrets_shorter_than_16_bytes_or_not_base32() {
+        assert!(Secret::from_base32("JBSWY3DPEHPK3PXP").is_none()); // 10 bytes
+        assert!(Secret::from_base32("not base32 at all!").is_none());
+        assert!(Secret::from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ").is_some()); // 20 bytes
+    }
+
+    #[test]
+    fn builds_the_otpauth_uri_with_sorted_keys_and_encoded_labels() {
+        let secret = ascii_secret("12345678901234567890");
+        let uri = otpauth_uri("ACME Corp", "alice@example.com", &secret);
+        assert_eq!(
+            uri,
+            "otpauth://totp/ACME%20Corp:alice@example.com?algorithm=SHA1&digits=6&issuer=ACME%20Corp&period=30&secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let secret = ascii_secret("12345678901234567890");
+        assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+    }
+}
