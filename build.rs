@@ -24,9 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
-        // pbjson-types carries the well-known types with proto3-JSON serde impls
-        // (RFC 3339 timestamps), which prost-types lacks.
+        // pbjson-types carries the other well-known types (Any) with proto3-JSON serde impls.
         .compile_well_known_types(true)
+        // Timestamps get our own type, whose JSON is RFC 3339 with `Z` as SPEC.md §2 asks.
+        .extern_path(".google.protobuf.Timestamp", "crate::proto::Timestamp")
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_protos(&protos, &includes)?;
 

@@ -13,3 +13,7 @@ pub mod crypto;
 pub mod domain;
 pub mod proto;
 pub mod store;
+pub mod files;
+pub mod transport;
+pub mod app;
+pub mod config;

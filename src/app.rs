@@ -1,0 +1,136 @@
+//! Builds the running service from a configuration (store, keys, authenticator, router) and serves
+//! it on a listener until a shutdown signal. Tests call the same functions with port 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, redact_url};
+use crate::crypto::KeyRing;
+use crate::domain::clock::Clock;
+use crate::domain::{Service, Settings};
+use crate::store::{self, StoreOptions};
+use crate::transport::auth::{Authenticator, JwksSource, LocalSigningKey, TokenRules};
+use crate::transport::{self, Api};
+
+const LOCAL_ENCRYPTION_KEY_FILE: &str = "encryption-keys";
+
+/// The token rules of a configuration.
+pub fn token_rules(config: &Config) -> TokenRules {
+    TokenRules {
+        issuer: config.token_issuer.clone(),
+        audience: config.token_audience.clone(),
+        roles_claim: config.roles_claim.clone(),
+    }
+}
+
+/// The configured key ring, or the one in the data folder (made on first use).
+pub fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
+    if let Some(spec) = &config.encryption_keys {
+        return KeyRing::parse(spec).context("TOTP_ENCRYPTION_KEYS");
+    }
+    let path = config.data_dir.join(LOCAL_ENCRYPTION_KEY_FILE);
+    if !path.exists() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+        let entry = KeyRing::generate_entry("local-1", &mut rand::rngs::OsRng);
+        crate::files::write_private(&path, entry.as_bytes())?;
+        tracing::info!(path = %path.display(), "made a local encryption key for TOTP secrets");
+    }
+    if config.database_url.is_some() {
+        tracing::warn!(
+            path = %path.display(),
+            "TOTP_ENCRYPTION_KEYS is not set: TOTP secrets are sealed with the key file in the data folder; \
+             every instance on this database needs the same key"
+        );
+    }
+    let spec = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    KeyRing::parse(&spec).with_context(|| format!("the key file {}", path.display()))
+}
+
+/// The authenticator: the configured JWKS, or the local signing key.
+pub async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
+    let source = match &config.jwks {
+        Some(spec) => JwksSource::parse(spec),
+        None => {
+            let local = LocalSigningKey::load_or_create(&config.data_dir)?;
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                "no TOTP_JWKS set: trusting only the local signing key (make tokens with `totp-service token`)"
+            );
+            local.jwks_source()
+        }
+    };
+    Authenticator::new(source, token_rules(config)).await
+}
+
+/// Opens (and migrates) the database of a configuration.
+pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
+    let url = config.effective_database_url();
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+    }
+    let options = StoreOptions {
+        url: url.clone(),
+        max_connections: config.db_max_connections,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let opened = store::open(&options)
+        .await
+        .with_context(|| format!("opening the database {}", redact_url(&url)))?;
+    tracing::info!(database = %redact_url(&url), "database ready");
+    Ok(opened)
+}
+
+/// Builds the router of a configuration, with `clock` as the time source.
+pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Router> {
+    let store = open_store(config).await?;
+    let settings = Settings {
+        otp_issuer: config.otp_issuer.clone(),
+        max_attempts: config.max_attempts,
+        lockout_duration: (!config.lockout_duration.is_zero()).then_some(config.lockout_duration),
+    };
+    let service = Service::new(Arc::new(store), clock, key_ring(config)?, settings);
+    let api = Api {
+        service,
+        auth: authenticator(config).await?,
+    };
+    transport::router(api, &config.cors_origins).await
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}
+

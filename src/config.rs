@@ -1,0 +1,218 @@
+//! The one typed configuration: flags, each also read from its environment variable
+//! (SPEC.md §6). `Debug` redacts the encryption keys and the database password.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// TOTP second factors as a service, speaking ZITADEL's user service v2 API over REST, gRPC and
+/// gRPC-web on one port.
+#[derive(Parser)]
+#[command(name = "totp-service", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print a token signed with the local key (the embedded default, no TOTP_JWKS).
+    Token(TokenArgs),
+    /// Print the current code of a base32 secret (for trying the API without a phone).
+    Code {
+        /// The base32 secret, as RegisterTOTP returns it.
+        #[arg(long)]
+        secret: String,
+    },
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The caller's user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// A permission in an organisation, `permission@org` (`@*` for every organisation); repeatable.
+    #[arg(long = "grant", value_name = "PERMISSION@ORG")]
+    pub grants: Vec<String>,
+    /// The caller's own organisation (claim `urn:zitadel:iam:user:resourceowner:id`).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// How long the token is valid (`3600s`, `60m`, `12h`).
+    #[arg(long, default_value = "12h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Args, Clone)]
+pub struct Config {
+    /// Address to listen on (REST, gRPC and gRPC-web share it).
+    #[arg(long, env = "TOTP_LISTEN", default_value = "0.0.0.0:8080", global = true)]
+    pub listen: SocketAddr,
+
+    /// `postgres://…` for Postgres; unset, SQLite in the data folder.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Folder for the embedded defaults: SQLite database, local signing key, encryption key.
+    #[arg(long, env = "TOTP_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// JWKS to trust for bearer tokens: a file path or an http(s) URL (refreshed every 5 minutes).
+    /// Unset, the service makes a local signing key in the data folder and trusts only that.
+    #[arg(long, env = "TOTP_JWKS", global = true)]
+    pub jwks: Option<String>,
+
+    /// Required `iss` of tokens.
+    #[arg(long, env = "TOTP_TOKEN_ISSUER", default_value = "totp-service", global = true)]
+    pub token_issuer: String,
+
+    /// Required `aud` of tokens (unchecked when unset).
+    #[arg(long, env = "TOTP_TOKEN_AUDIENCE", global = true)]
+    pub token_audience: Option<String>,
+
+    /// Claim holding the caller's permissions, shaped as ZITADEL's project roles.
+    #[arg(
+        long,
+        env = "TOTP_ROLES_CLAIM",
+        default_value = "urn:zitadel:iam:org:project:roles",
+        global = true
+    )]
+    pub roles_claim: String,
+
+    /// Issuer shown in authenticator apps (the otpauth URI).
+    #[arg(long, env = "TOTP_OTP_ISSUER", default_value = "totp-service", global = true)]
+    pub otp_issuer: String,
+
+    /// AES-256-GCM keys sealing TOTP secrets, `id:base64,id:base64`; the first seals, all open.
+    /// Unset, a key is made in the data folder.
+    #[arg(long, env = "TOTP_ENCRYPTION_KEYS", hide_env_values = true, global = true)]
+    pub encryption_keys: Option<String>,
+
+    /// Wrong codes before a user is locked; 0 turns lockout off.
+    #[arg(long, env = "TOTP_MAX_ATTEMPTS", default_value_t = 5, global = true)]
+    pub max_attempts: u32,
+
+    /// How long a lockout lasts (`300s`, `5m`); 0 means until UnlockUser.
+    #[arg(long, env = "TOTP_LOCKOUT_DURATION", default_value = "5m", value_parser = parse_duration, global = true)]
+    pub lockout_duration: Duration,
+
+    /// Browser origins allowed by CORS (comma list; `*` for any).
+    #[arg(long, env = "TOTP_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
+    /// Log format.
+    #[arg(long, env = "TOTP_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "TOTP_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_max_connections: u32,
+}
+
+impl Config {
+    /// The database URL in use: `DATABASE_URL`, else SQLite in the data folder.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}/totp.db?mode=rwc", self.data_dir.display()),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("data_dir", &self.data_dir)
+            .field("jwks", &self.jwks)
+            .field("token_issuer", &self.token_issuer)
+            .field("token_audience", &self.token_audience)
+            .field("roles_claim", &self.roles_claim)
+            .field("otp_issuer", &self.otp_issuer)
+            .field("encryption_keys", &self.encryption_keys.as_ref().map(|_| "<redacted>"))
+            .field("max_attempts", &self.max_attempts)
+            .field("lockout_duration", &self.lockout_duration)
+            .field("cors_origins", &self.cors_origins)
+            .field("log_format", &self.log_format)
+            .field("db_max_connections", &self.db_max_connections)
+            .finish()
+    }
+}
+
+/// Parses `0`, `300`, `300s`, `5m`, `1h`, `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 300s, 5m or 0"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "h" => Ok(Duration::from_secs(value * 3600)),
+        _ => Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_duration_forms_of_the_spec() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("five").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn debug_hides_keys_and_database_password() {
+        let cli = Cli::parse_from([
+            "totp-service",
+            "--database-url",
+            "postgres://app:hunter2@db/totp",
+            "--encryption-keys",
+            "k1:c2VjcmV0",
+        ]);
+        let printed = format!("{:?}", cli.config);
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("c2VjcmV0"), "{printed}");
+        assert!(printed.contains("postgres://app:***@db/totp"), "{printed}");
+    }
+}

@@ -1,0 +1,376 @@
+//! Bearer-token authentication, one function for every protocol (SPEC.md §5): the header must be
+//! `Bearer <JWT>`, signed by a key of the JWKS (file or URL, refreshed), with the configured issuer
+//! and audience, within its time window (60 s leeway). The caller is `sub`; its permissions come
+//! from the roles claim, shaped as ZITADEL's project roles: `{"<permission>": {"<org>": …}}`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use crate::domain::error::{AuthFailure, Error};
+use crate::domain::types::Caller;
+
+/// The claim that names the caller's own organisation.
+pub const RESOURCE_OWNER_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
+/// Key id of the locally made signing key.
+pub const LOCAL_KEY_ID: &str = "local";
+const LOCAL_KEY_FILE: &str = "signing-key.pem";
+const LOCAL_JWKS_FILE: &str = "jwks.json";
+/// How often a JWKS is fetched again, and the least time between fetches for an unknown key id.
+const JWKS_REFRESH: Duration = Duration::from_secs(300);
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
+
+/// Where the trusted keys come from.
+#[derive(Clone, Debug)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl JwksSource {
+    /// `http(s)://…` is a URL, anything else a path.
+    pub fn parse(spec: &str) -> Self {
+        if spec.starts_with("http://") || spec.starts_with("https://") {
+            JwksSource::Url(spec.to_owned())
+        } else {
+            JwksSource::File(PathBuf::from(spec))
+        }
+    }
+
+    async fn fetch(&self) -> anyhow::Result<JwkSet> {
+        let text = match self {
+            JwksSource::File(path) => tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("reading the JWKS file {}", path.display()))?,
+            JwksSource::Url(url) => reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("fetching the JWKS from {url}"))?
+                .text()
+                .await?,
+        };
+        serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
+    }
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Clone, Debug)]
+pub struct TokenRules {
+    pub issuer: String,
+    pub audience: Option<String>,
+    pub roles_claim: String,
+}
+
+/// A verification key and the algorithm it is used with.
+struct TrustedKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+struct KeyCache {
+    keys: Vec<TrustedKey>,
+    fetched_at: Instant,
+}
+
+/// Verifies bearer tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    source: JwksSource,
+    rules: Arc<TokenRules>,
+    cache: Arc<RwLock<KeyCache>>,
+    refetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Authenticator {
+    /// Loads the JWKS once; fails when it cannot be read or holds no usable key.
+    pub async fn new(source: JwksSource, rules: TokenRules) -> anyhow::Result<Self> {
+        let keys = trusted_keys(&source.fetch().await?)?;
+        Ok(Authenticator {
+            source,
+            rules: Arc::new(rules),
+            cache: Arc::new(RwLock::new(KeyCache {
+                keys,
+                fetched_at: Instant::now(),
+            })),
+            refetching: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Authenticates the value of an `Authorization` header.
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller, Error> {
+        let header = header.ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
+        let token = bearer_token(header).ok_or(Error::Unauthenticated(AuthFailure::NotBearer))?;
+        let invalid = || Error::Unauthenticated(AuthFailure::InvalidToken);
+        let token_header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        self.refresh_if_needed(token_header.kid.as_deref()).await;
+        let claims = self.verify(token, &token_header).ok_or_else(invalid)?;
+        caller_from_claims(&claims, &self.rules.roles_claim).ok_or_else(invalid)
+    }
+
+    fn verify(&self, token: &str, header: &Header) -> Option<Map<String, Value>> {
+        let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let candidates = cache.keys.iter().filter(|k| {
+            k.algorithm == header.alg && (header.kid.is_none() || k.kid == header.kid)
+        });
+        for candidate in candidates {
+            let mut validation = Validation::new(candidate.algorithm);
+            validation.leeway = 60;
+            validation.validate_nbf = true;
+            validation.set_issuer(&[&self.rules.issuer]);
+            validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+            match &self.rules.audience {
+                Some(audience) => validation.set_audience(&[audience]),
+                None => validation.validate_aud = false,
+            }
+            if let Ok(data) = jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
+                return Some(data.claims);
+            }
+        }
+        None
+    }
+
+    /// Fetches the keys again when they are old, or when a token names a key we do not know
+    /// (a rotation), at most once per [`JWKS_MIN_REFETCH`]. A failed fetch keeps the old keys.
+    async fn refresh_if_needed(&self, kid: Option<&str>) {
+        let (age, known) = {
+            let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known = kid.is_none_or(|kid| cache.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+            (cache.fetched_at.elapsed(), known)
+        };
+        let due = age >= JWKS_REFRESH || (!known && age >= JWKS_MIN_REFETCH);
+        if !due {
+            return;
+        }
+        let Ok(_only_one) = self.refetching.try_lock() else {
+            return;
+        };
+        let fetched = self.source.fetch().await.and_then(|set| trusted_keys(&set));
+        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.fetched_at = Instant::now();
+        match fetched {
+            Ok(keys) => cache.keys = keys,
+            Err(err) => tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys"),
+        }
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The algorithm a JWK is used with: its `alg`, else what its key type implies.
+fn algorithm_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    if let Some(alg) = jwk.common.key_algorithm {
+        return match alg {
+            KeyAlgorithm::RS256 => Some(Algorithm::RS256),
+            KeyAlgorithm::RS384 => Some(Algorithm::RS384),
+            KeyAlgorithm::RS512 => Some(Algorithm::RS512),
+            KeyAlgorithm::PS256 => Some(Algorithm::PS256),
+            KeyAlgorithm::PS384 => Some(Algorithm::PS384),
+            KeyAlgorithm::PS512 => Some(Algorithm::PS512),
+            KeyAlgorithm::ES256 => Some(Algorithm::ES256),
+            KeyAlgorithm::ES384 => Some(Algorithm::ES384),
+            KeyAlgorithm::EdDSA => Some(Algorithm::EdDSA),
+            _ => None,
+        };
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Some(Algorithm::ES256),
+            EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        },
+        AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
+        // Shared-secret keys are refused: a JWKS is public.
+        AlgorithmParameters::OctetKey(_) => None,
+    }
+}
+
+fn trusted_keys(set: &JwkSet) -> anyhow::Result<Vec<TrustedKey>> {
+    let keys: Vec<TrustedKey> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            Some(TrustedKey {
+                kid: jwk.common.key_id.clone(),
+                algorithm: algorithm_of(jwk)?,
+                key: DecodingKey::from_jwk(jwk).ok()?,
+            })
+        })
+        .collect();
+    anyhow::ensure!(!keys.is_empty(), "the JWKS holds no usable signing key (RS*, PS*, ES256/384, EdDSA)");
+    Ok(keys)
+}
+
+/// Reads `sub`, the resource owner and the roles claim into a caller; `None` without a `sub`.
+fn caller_from_claims(claims: &Map<String, Value>, roles_claim: &str) -> Option<Caller> {
+    let subject = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?.to_owned();
+    let resource_owner = claims
+        .get(RESOURCE_OWNER_CLAIM)
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut grants: HashMap<String, HashSet<String>> = HashMap::new();
+    if let Some(Value::Object(roles)) = claims.get(roles_claim) {
+        for (permission, orgs) in roles {
+            if let Value::Object(orgs) = orgs {
+                grants
+                    .entry(permission.clone())
+                    .or_default()
+                    .extend(orgs.keys().cloned());
+            }
+        }
+    }
+    Some(Caller {
+        subject,
+        resource_owner,
+        grants,
+    })
+}
+
+/// The service's own signing key, for the embedded default (no JWKS configured).
+pub struct LocalSigningKey {
+    signing_key: SigningKey,
+    jwks_path: PathBuf,
+}
+
+impl LocalSigningKey {
+    /// Loads `signing-key.pem` from `data_dir`, making it (and `jwks.json` beside it) on first use.
+    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        let key_path = data_dir.join(LOCAL_KEY_FILE);
+        let signing_key = if key_path.exists() {
+            let pem = std::fs::read_to_string(&key_path)
+                .with_context(|| format!("reading {}", key_path.display()))?;
+            SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", key_path.display()))?
+        } else {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+            crate::files::write_private(&key_path, pem.as_bytes())?;
+            tracing::info!(path = %key_path.display(), "made a local token signing key");
+            key
+        };
+        let local = LocalSigningKey {
+            signing_key,
+            jwks_path: data_dir.join(LOCAL_JWKS_FILE),
+        };
+        std::fs::write(&local.jwks_path, local.jwks_json().to_string())
+            .with_context(|| format!("writing {}", local.jwks_path.display()))?;
+        Ok(local)
+    }
+
+    /// The JWKS that trusts exactly this key.
+    pub fn jwks_json(&self) -> Value {
+        let x = URL_SAFE_NO_PAD.encode(self.signing_key.verifying_key().as_bytes());
+        serde_json::json!({ "keys": [{
+            "kty": "OKP", "crv": "Ed25519", "x": x,
+            "kid": LOCAL_KEY_ID, "alg": "EdDSA", "use": "sig"
+        }]})
+    }
+
+    /// Where [`Self::jwks_json`] is written, for the authenticator to read.
+    pub fn jwks_source(&self) -> JwksSource {
+        JwksSource::File(self.jwks_path.clone())
+    }
+
+    /// Signs `claims` as an EdDSA JWT with `kid = local`.
+    pub fn sign(&self, claims: &Value) -> anyhow::Result<String> {
+        let der = self
+            .signing_key
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding the signing key: {e}"))?;
+        let key = EncodingKey::from_ed_der(der.as_bytes());
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(LOCAL_KEY_ID.to_owned());
+        Ok(jsonwebtoken::encode(&header, claims, &key)?)
+    }
+}
+
+/// The claims of a token for `subject` with `grants` (`permission@org` each).
+pub fn token_claims(
+    rules: &TokenRules,
+    subject: &str,
+    grants: &[(String, String)],
+    resource_owner: Option<&str>,
+    lifetime: Duration,
+) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut roles: Map<String, Value> = Map::new();
+    for (permission, org) in grants {
+        let orgs = roles
+            .entry(permission.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(orgs) = orgs {
+            orgs.insert(org.clone(), Value::String(org.clone()));
+        }
+    }
+    let mut claims = Map::new();
+    claims.insert("iss".into(), rules.issuer.clone().into());
+    claims.insert("sub".into(), subject.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + lifetime.as_secs()).into());
+    if let Some(audience) = &rules.audience {
+        claims.insert("aud".into(), Value::Array(vec![audience.clone().into()]));
+    }
+    if let Some(org) = resource_owner {
+        claims.insert(RESOURCE_OWNER_CLAIM.into(), org.into());
+    }
+    claims.insert(rules.roles_claim.clone(), Value::Object(roles));
+    Value::Object(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_bearer_headers() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic dXNlcjpwdw=="), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("garbage"), None);
+    }
+
+    #[test]
+    fn maps_zitadel_project_roles_to_grants() {
+        let claims = serde_json::json!({
+            "sub": "admin",
+            RESOURCE_OWNER_CLAIM: "org1",
+            "roles": {"user.write": {"org1": "org1.example", "org2": "x"}, "user.read": {"*": "all"}}
+        });
+        let caller = caller_from_claims(claims.as_object().unwrap(), "roles").unwrap();
+        assert_eq!(caller.subject, "admin");
+        assert_eq!(caller.resource_owner.as_deref(), Some("org1"));
+        assert_eq!(caller.grants["user.write"], HashSet::from(["org1".to_owned(), "org2".to_owned()]));
+        assert_eq!(caller.grants["user.read"], HashSet::from(["*".to_owned()]));
+    }
+
+    #[test]
+    fn a_token_without_subject_is_no_caller() {
+        let claims = serde_json::json!({"iss": "x"});
+        assert!(caller_from_claims(claims.as_object().unwrap(), "roles").is_none());
+    }
+}

@@ -1,0 +1,243 @@
+//! The REST face (SPEC.md §2): ZITADEL's v2 paths with proto3-JSON bodies. Each handler
+//! authenticates, reads the body into the request message (the path's `user_id` wins), and calls
+//! the shared RPC function in [`super::rpc`]. Errors become the REST error body in one place.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{Api, MAX_BODY_BYTES, rpc};
+use crate::domain::error::{Code, Error};
+use crate::domain::types::Caller;
+use crate::proto::totpservice::v1 as totp_pb;
+use crate::proto::zitadel::user::v2 as user_pb;
+
+/// The HTTP status for a gRPC code (SPEC.md §4).
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A domain error as the REST error body `{code, message, details}`.
+pub struct RestError {
+    error: Error,
+    /// Overrides the status of the code (413 for an oversized body, 404/405 for routing).
+    status: Option<StatusCode>,
+}
+
+impl From<Error> for RestError {
+    fn from(error: Error) -> Self {
+        RestError {
+            error,
+            status: None,
+        }
+    }
+}
+
+impl RestError {
+    fn with_status(error: Error, status: StatusCode) -> Self {
+        RestError {
+            error,
+            status: Some(status),
+        }
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        super::log_server_fault(&self.error);
+        let public = self.error.public();
+        let details: Vec<serde_json::Value> = public
+            .detail
+            .map(|(id, message)| {
+                json!({ "@type": super::grpc::ERROR_DETAIL_TYPE_URL, "id": id, "message": message })
+            })
+            .into_iter()
+            .collect();
+        let body = json!({ "code": public.code as i32, "message": public.message, "details": details });
+        let status = self.status.unwrap_or_else(|| http_status(public.code));
+        let mut response = (status, Json(body)).into_response();
+        if let Error::Unauthenticated(failure) = &self.error {
+            let challenge = match failure {
+                crate::domain::error::AuthFailure::InvalidToken => "Bearer error=\"invalid_token\"",
+                _ => "Bearer",
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}
+
+/// A request body read as the JSON form of a request message: empty means `{}`; a wrong content
+/// type, bad JSON or more than [`MAX_BODY_BYTES`] is refused with code 3.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = RestError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                RestError::with_status(
+                    Error::Validation(format!("request body exceeds {MAX_BODY_BYTES} bytes")),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                )
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(T::default()));
+        }
+        let is_json = content_type.as_deref().is_none_or(|ct| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        });
+        if !is_json {
+            return Err(Error::Validation("content type must be application/json".to_owned()).into());
+        }
+        // The parser's own message may quote the input (a secret or a code): say where, not what.
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
+            Error::Validation(format!(
+                "invalid JSON body for this request at line {} column {}",
+                err.line(),
+                err.column()
+            ))
+            .into()
+        })
+    }
+}
+
+async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or(""));
+    Ok(api.auth.authenticate(header).await?)
+}
+
+/// A handler for a call whose request carries `user_id` in the path and the rest in the body.
+/// Authentication comes before the body is judged, as in ZITADEL.
+macro_rules! with_user_id {
+    ($name:ident, $request:ty, $rpc:path, body) => {
+        async fn $name(
+            State(api): State<Api>,
+            Path(user_id): Path<String>,
+            headers: HeaderMap,
+            body: Result<JsonBody<$request>, RestError>,
+        ) -> Result<Response, RestError> {
+            let caller = caller(&api, &headers).await?;
+            let JsonBody(mut request) = body?;
+            request.user_id = user_id;
+            Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
+        }
+    };
+    ($name:ident, $request:ty, $rpc:path) => {
+        async fn $name(
+            State(api): State<Api>,
+            Path(user_id): Path<String>,
+            headers: HeaderMap,
+        ) -> Result<Response, RestError> {
+            let caller = caller(&api, &headers).await?;
+            let mut request = <$request>::default();
+            request.user_id = user_id;
+            Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
+        }
+    };
+}
+
+with_user_id!(register_totp, user_pb::RegisterTotpRequest, rpc::register_totp, body);
+with_user_id!(verify_totp, user_pb::VerifyTotpRegistrationRequest, rpc::verify_totp_registration, body);
+with_user_id!(check_totp, totp_pb::CheckTotpRequest, rpc::check_totp, body);
+with_user_id!(lock_user, user_pb::LockUserRequest, rpc::lock_user, body);
+with_user_id!(unlock_user, user_pb::UnlockUserRequest, rpc::unlock_user, body);
+with_user_id!(remove_totp, user_pb::RemoveTotpRequest, rpc::remove_totp);
+with_user_id!(get_user, user_pb::GetUserByIdRequest, rpc::get_user_by_id);
+with_user_id!(delete_user, user_pb::DeleteUserRequest, rpc::delete_user);
+with_user_id!(list_methods, user_pb::ListAuthenticationMethodTypesRequest, rpc::list_authentication_method_types);
+
+async fn add_human_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<JsonBody<user_pb::AddHumanUserRequest>, RestError>,
+) -> Result<Response, RestError> {
+    let caller = caller(&api, &headers).await?;
+    let JsonBody(request) = body?;
+    Ok(Json(rpc::add_human_user(&api.service, &caller, request).await?).into_response())
+}
+
+/// The REST routes of the user service and of CheckTOTP.
+pub fn routes() -> Router<Api> {
+    Router::new()
+        .route("/v2/users/human", post(add_human_user))
+        .route("/v2/users/{user_id}", get(get_user).delete(delete_user))
+        .route("/v2/users/{user_id}/lock", post(lock_user))
+        .route("/v2/users/{user_id}/unlock", post(unlock_user))
+        .route("/v2/users/{user_id}/authentication_methods", get(list_methods))
+        .route("/v2/users/{user_id}/totp", post(register_totp).delete(remove_totp))
+        .route("/v2/users/{user_id}/totp/verify", post(verify_totp))
+        .route("/v2/users/{user_id}/totp/check", post(check_totp))
+}
+
+/// Unknown paths: 404 with the error body (code 5).
+pub async fn not_found() -> RestError {
+    RestError::with_status(
+        Error::Rejected(crate::domain::error::Rejection {
+            code: Code::NotFound,
+            id: "HTTP-n0tf0",
+            message: "Not Found",
+        }),
+        StatusCode::NOT_FOUND,
+    )
+}
+
+/// A known path with the wrong method: 405 with the error body (code 12).
+pub async fn method_not_allowed() -> RestError {
+    RestError::with_status(
+        Error::Rejected(crate::domain::error::Rejection {
+            code: Code::Unimplemented,
+            id: "HTTP-m3th0",
+            message: "Method Not Allowed",
+        }),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the database answers.
+pub async fn readyz(State(api): State<Api>) -> Response {
+    match api.service.ready().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(err) => {
+            super::log_server_fault(&err);
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}

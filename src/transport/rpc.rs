@@ -1,0 +1,248 @@
+//! Every RPC once, in protobuf terms: request message in, response message out. The REST and gRPC
+//! handlers both call these, so the two protocols cannot drift apart. Validation happens here,
+//! turning raw fields into domain types before the domain sees them.
+
+use crate::proto::Timestamp as ProtoTimestamp;
+
+use crate::domain::clock::Timestamp;
+use crate::domain::error::{self, Error};
+use crate::domain::service::NewHuman;
+use crate::domain::totp::Secret;
+use crate::domain::types::{Caller, Details, Gender, Profile, TotpCode, UserId, check_length};
+use crate::domain::Service;
+use crate::proto::totpservice::v1 as totp_pb;
+use crate::proto::zitadel::object::v2 as object_pb;
+use crate::proto::zitadel::user::v2 as user_pb;
+
+/// A domain time as a protobuf timestamp.
+pub fn timestamp(at: Timestamp) -> ProtoTimestamp {
+    ProtoTimestamp {
+        seconds: at.0.div_euclid(1_000_000),
+        nanos: (at.0.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+fn details(details: Details) -> Option<object_pb::Details> {
+    Some(object_pb::Details {
+        sequence: details.sequence,
+        change_date: Some(timestamp(details.change_date)),
+        resource_owner: details.resource_owner,
+        creation_date: None,
+    })
+}
+
+pub async fn register_totp(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::RegisterTotpRequest,
+) -> Result<user_pb::RegisterTotpResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "RegisterTOTPRequest")?;
+    let registration = service.register_totp(caller, &user_id).await?;
+    Ok(user_pb::RegisterTotpResponse {
+        details: details(registration.details),
+        uri: registration.uri,
+        secret: registration.secret.to_base32(),
+    })
+}
+
+pub async fn verify_totp_registration(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::VerifyTotpRegistrationRequest,
+) -> Result<user_pb::VerifyTotpRegistrationResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "VerifyTOTPRegistrationRequest")?;
+    let code = TotpCode::parse(&request.code, "VerifyTOTPRegistrationRequest")?;
+    let result = service.verify_totp_registration(caller, &user_id, &code).await?;
+    Ok(user_pb::VerifyTotpRegistrationResponse {
+        details: details(result),
+    })
+}
+
+pub async fn remove_totp(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::RemoveTotpRequest,
+) -> Result<user_pb::RemoveTotpResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "RemoveTOTPRequest")?;
+    let result = service.remove_totp(caller, &user_id).await?;
+    Ok(user_pb::RemoveTotpResponse {
+        details: details(result),
+    })
+}
+
+pub async fn check_totp(
+    service: &Service,
+    caller: &Caller,
+    request: totp_pb::CheckTotpRequest,
+) -> Result<totp_pb::CheckTotpResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "CheckTOTPRequest")?;
+    let code = TotpCode::parse(&request.code, "CheckTOTPRequest")?;
+    let result = service.check_totp(caller, &user_id, &code).await?;
+    Ok(totp_pb::CheckTotpResponse {
+        details: details(result),
+    })
+}
+
+pub async fn add_human_user(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::AddHumanUserRequest,
+) -> Result<user_pb::AddHumanUserResponse, Error> {
+    const REQUEST: &str = "AddHumanUserRequest";
+    let user_id = request
+        .user_id
+        .as_deref()
+        .map(|id| UserId::parse(id, REQUEST))
+        .transpose()?;
+    if let Some(username) = &request.username {
+        check_length(username, REQUEST, "Username")?;
+    }
+    if let Some(secret) = &request.totp_secret {
+        check_length(secret, REQUEST, "TotpSecret")?;
+    }
+    let profile = request
+        .profile
+        .ok_or_else(|| Error::Validation(format!("invalid {REQUEST}.Profile: value is required")))?;
+    check_length(&profile.given_name, "SetHumanProfile", "GivenName")?;
+    check_length(&profile.family_name, "SetHumanProfile", "FamilyName")?;
+    let email = request
+        .email
+        .ok_or_else(|| Error::Validation(format!("invalid {REQUEST}.Email: value is required")))?;
+    check_length(&email.email, "SetHumanEmail", "Email")?;
+
+    let org_id = match request.organization.and_then(|o| o.org) {
+        None => None,
+        Some(object_pb::organization::Org::OrgId(id)) => Some(id),
+        Some(object_pb::organization::Org::OrgDomain(_)) => {
+            return Err(error::ORG_DOMAIN_UNSUPPORTED.into());
+        }
+    };
+    let totp_secret = request
+        .totp_secret
+        .map(|text| Secret::from_base32(&text).ok_or(Error::Rejected(error::TOTP_SECRET_INVALID)))
+        .transpose()?;
+    let email_verified = matches!(
+        email.verification,
+        Some(user_pb::set_human_email::Verification::IsVerified(true))
+    );
+    let new = NewHuman {
+        user_id,
+        username: request.username,
+        org_id,
+        profile: Profile {
+            given_name: profile.given_name,
+            family_name: profile.family_name,
+            nick_name: profile.nick_name,
+            display_name: profile.display_name,
+            preferred_language: profile.preferred_language,
+            gender: profile.gender.map(Gender),
+        },
+        email: email.email,
+        email_verified,
+        totp_secret,
+    };
+    let (user_id, result) = service.add_human_user(caller, new).await?;
+    Ok(user_pb::AddHumanUserResponse {
+        user_id,
+        details: details(result),
+    })
+}
+
+pub async fn get_user_by_id(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::GetUserByIdRequest,
+) -> Result<user_pb::GetUserByIdResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "GetUserByIDRequest")?;
+    let view = service.get_user(caller, &user_id).await?;
+    let user = view.user;
+    let state = if view.locked {
+        user_pb::UserState::Locked
+    } else {
+        user_pb::UserState::Active
+    };
+    let profile = user.profile;
+    Ok(user_pb::GetUserByIdResponse {
+        details: details(view.details.clone()),
+        user: Some(user_pb::User {
+            user_id: user.user_id,
+            state: state as i32,
+            login_names: vec![user.username.clone()],
+            preferred_login_name: user.username.clone(),
+            username: user.username,
+            human: Some(user_pb::HumanUser {
+                profile: Some(user_pb::HumanProfile {
+                    given_name: profile.given_name,
+                    family_name: profile.family_name,
+                    nick_name: profile.nick_name,
+                    display_name: profile.display_name,
+                    preferred_language: profile.preferred_language,
+                    gender: profile.gender.map(|g| g.0),
+                    avatar_url: String::new(),
+                }),
+                email: Some(user_pb::HumanEmail {
+                    email: user.email,
+                    is_verified: user.email_verified,
+                }),
+            }),
+            details: details(view.details),
+        }),
+    })
+}
+
+pub async fn delete_user(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::DeleteUserRequest,
+) -> Result<user_pb::DeleteUserResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "DeleteUserRequest")?;
+    let result = service.delete_user(caller, &user_id).await?;
+    Ok(user_pb::DeleteUserResponse {
+        details: details(result),
+    })
+}
+
+pub async fn lock_user(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::LockUserRequest,
+) -> Result<user_pb::LockUserResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "LockUserRequest")?;
+    let result = service.lock_user(caller, &user_id).await?;
+    Ok(user_pb::LockUserResponse {
+        details: details(result),
+    })
+}
+
+pub async fn unlock_user(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::UnlockUserRequest,
+) -> Result<user_pb::UnlockUserResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "UnlockUserRequest")?;
+    let result = service.unlock_user(caller, &user_id).await?;
+    Ok(user_pb::UnlockUserResponse {
+        details: details(result),
+    })
+}
+
+pub async fn list_authentication_method_types(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::ListAuthenticationMethodTypesRequest,
+) -> Result<user_pb::ListAuthenticationMethodTypesResponse, Error> {
+    let user_id = UserId::parse(&request.user_id, "ListAuthenticationMethodTypesRequest")?;
+    let methods = service.list_authentication_methods(caller, &user_id).await?;
+    let mut types = Vec::new();
+    if methods.totp_ready {
+        types.push(user_pb::AuthenticationMethodType::Totp as i32);
+    }
+    Ok(user_pb::ListAuthenticationMethodTypesResponse {
+        details: Some(object_pb::ListDetails {
+            total_result: types.len() as u64,
+            processed_sequence: methods.processed_sequence,
+            timestamp: Some(timestamp(methods.timestamp)),
+        }),
+        auth_method_types: types,
+    })
+}
