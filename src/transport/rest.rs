@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -139,31 +139,37 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
     Ok(api.auth.authenticate(header).await?)
 }
 
+/// The `{user_id}` of the path; empty for the `/v2/users//…` form of the same route, so that an
+/// empty id is refused by validation (code 3) as on gRPC, not as an unknown path.
+fn path_user_id(param: Option<Path<String>>) -> String {
+    param.map(|Path(user_id)| user_id).unwrap_or_default()
+}
+
 /// A handler for a call whose request carries `user_id` in the path and the rest in the body.
 /// Authentication comes before the body is judged, as in ZITADEL.
 macro_rules! with_user_id {
     ($name:ident, $request:ty, $rpc:path, body) => {
         async fn $name(
             State(api): State<Api>,
-            Path(user_id): Path<String>,
+            user_id: Option<Path<String>>,
             headers: HeaderMap,
             body: Result<JsonBody<$request>, RestError>,
         ) -> Result<Response, RestError> {
             let caller = caller(&api, &headers).await?;
             let JsonBody(mut request) = body?;
-            request.user_id = user_id;
+            request.user_id = path_user_id(user_id);
             Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
         }
     };
     ($name:ident, $request:ty, $rpc:path) => {
         async fn $name(
             State(api): State<Api>,
-            Path(user_id): Path<String>,
+            user_id: Option<Path<String>>,
             headers: HeaderMap,
         ) -> Result<Response, RestError> {
             let caller = caller(&api, &headers).await?;
             let mut request = <$request>::default();
-            request.user_id = user_id;
+            request.user_id = path_user_id(user_id);
             Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
         }
     };
@@ -191,15 +197,22 @@ async fn add_human_user(
 
 /// The REST routes of the user service and of CheckTOTP.
 pub fn routes() -> Router<Api> {
-    Router::new()
-        .route("/v2/users/human", post(add_human_user))
-        .route("/v2/users/{user_id}", get(get_user).delete(delete_user))
-        .route("/v2/users/{user_id}/lock", post(lock_user))
-        .route("/v2/users/{user_id}/unlock", post(unlock_user))
-        .route("/v2/users/{user_id}/authentication_methods", get(list_methods))
-        .route("/v2/users/{user_id}/totp", post(register_totp).delete(remove_totp))
-        .route("/v2/users/{user_id}/totp/verify", post(verify_totp))
-        .route("/v2/users/{user_id}/totp/check", post(check_totp))
+    let per_user: [(&str, MethodRouter<Api>); 7] = [
+        ("", get(get_user).delete(delete_user)),
+        ("/lock", post(lock_user)),
+        ("/unlock", post(unlock_user)),
+        ("/authentication_methods", get(list_methods)),
+        ("/totp", post(register_totp).delete(remove_totp)),
+        ("/totp/verify", post(verify_totp)),
+        ("/totp/check", post(check_totp)),
+    ];
+    let mut router = Router::new().route("/v2/users/human", post(add_human_user));
+    for (suffix, methods) in per_user {
+        router = router
+            .route(&format!("/v2/users/{{user_id}}{suffix}"), methods.clone())
+            .route(&format!("/v2/users/{suffix}"), methods);
+    }
+    router
 }
 
 /// Unknown paths: 404 with the error body (code 5).

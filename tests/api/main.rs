@@ -1,0 +1,78 @@
+//! The integration suite: every case runs against the real server over REST, gRPC and gRPC-web,
+//! on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
+
+mod cases;
+mod support;
+
+/// Declares one test per case, for one backend and one protocol.
+macro_rules! matrix {
+    ($module:ident, $backend:ident, $protocol:ident, [$($case:ident),* $(,)?]) => {
+        mod $module {
+            use crate::support::{Backend, Protocol};
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::cases::$case(Backend::$backend, Protocol::$protocol).await;
+                }
+            )*
+        }
+    };
+}
+
+/// Declares every case for every backend and protocol.
+macro_rules! every_protocol_and_backend {
+    ($cases:tt) => {
+        matrix!(sqlite_rest, Sqlite, Rest, $cases);
+        matrix!(sqlite_grpc, Sqlite, Grpc, $cases);
+        matrix!(sqlite_grpc_web, Sqlite, GrpcWeb, $cases);
+        matrix!(postgres_rest, Postgres, Rest, $cases);
+        matrix!(postgres_grpc, Postgres, Grpc, $cases);
+        matrix!(postgres_grpc_web, Postgres, GrpcWeb, $cases);
+    };
+}
+
+every_protocol_and_backend!([
+    register_returns_an_otpauth_uri_and_a_32_character_secret,
+    registering_again_before_verifying_replaces_the_secret,
+    registering_after_verifying_is_refused,
+    verify_accepts_the_previous_current_and_next_step,
+    verify_refuses_a_code_two_steps_old,
+    verify_trims_surrounding_white_space,
+    verify_refuses_seven_digit_and_non_digit_codes,
+    verify_without_registration_is_not_found,
+    verify_twice_is_refused,
+    remove_works_on_pending_and_ready_registrations,
+    remove_without_registration_is_not_found,
+    unknown_user_is_not_found_on_every_call,
+    empty_and_overlong_fields_fail_validation,
+    bad_tokens_are_unauthenticated,
+    callers_without_permission_are_refused,
+    permission_in_the_users_org_or_every_org_is_enough,
+    users_may_serve_themselves_but_not_delete_themselves,
+    sequence_grows_by_one_per_event_and_change_date_is_now,
+    adding_a_user_twice_is_refused,
+    add_human_user_needs_an_org_id,
+    deleted_users_are_not_found,
+    get_user_shows_the_stored_fields_and_state,
+    list_authentication_methods_shows_totp_once_ready,
+    check_accepts_a_ready_totp_code_once,
+    check_refuses_pending_and_missing_totp,
+    a_code_is_never_accepted_twice,
+    wrong_codes_lock_the_user_after_max_attempts,
+    lock_and_unlock_user,
+    imported_secrets_make_a_ready_totp,
+]);
+
+// REST-only cases: JSON forms, bodies and routing.
+matrix!(sqlite_rest_only, Sqlite, Rest, [
+    rest_accepts_snake_case_and_camel_case_keys,
+    rest_path_user_id_wins_over_body,
+    rest_refuses_malformed_json_and_wrong_content_types,
+    rest_answers_unknown_paths_and_wrong_methods_with_the_error_body,
+    rest_refuses_oversized_bodies,
+    rest_health_endpoints_answer,
+]);
+matrix!(postgres_rest_only, Postgres, Rest, [
+    rest_accepts_snake_case_and_camel_case_keys,
+    rest_path_user_id_wins_over_body,
+]);
