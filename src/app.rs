@@ -48,7 +48,8 @@ pub fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
              every instance on this database needs the same key"
         );
     }
-    let spec = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let spec =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     KeyRing::parse(&spec).with_context(|| format!("the key file {}", path.display()))
 }
 
@@ -133,4 +134,3 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down");
 }
-

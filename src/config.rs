@@ -61,7 +61,12 @@ pub enum LogFormat {
 #[derive(Args, Clone)]
 pub struct Config {
     /// Address to listen on (REST, gRPC and gRPC-web share it).
-    #[arg(long, env = "TOTP_LISTEN", default_value = "0.0.0.0:8080", global = true)]
+    #[arg(
+        long,
+        env = "TOTP_LISTEN",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// `postgres://…` for Postgres; unset, SQLite in the data folder.
@@ -78,7 +83,12 @@ pub struct Config {
     pub jwks: Option<String>,
 
     /// Required `iss` of tokens.
-    #[arg(long, env = "TOTP_TOKEN_ISSUER", default_value = "totp-service", global = true)]
+    #[arg(
+        long,
+        env = "TOTP_TOKEN_ISSUER",
+        default_value = "totp-service",
+        global = true
+    )]
     pub token_issuer: String,
 
     /// Required `aud` of tokens (unchecked when unset).
@@ -95,12 +105,22 @@ pub struct Config {
     pub roles_claim: String,
 
     /// Issuer shown in authenticator apps (the otpauth URI).
-    #[arg(long, env = "TOTP_OTP_ISSUER", default_value = "totp-service", global = true)]
+    #[arg(
+        long,
+        env = "TOTP_OTP_ISSUER",
+        default_value = "totp-service",
+        global = true
+    )]
     pub otp_issuer: String,
 
     /// AES-256-GCM keys sealing TOTP secrets, `id:base64,id:base64`; the first seals, all open.
     /// Unset, a key is made in the data folder.
-    #[arg(long, env = "TOTP_ENCRYPTION_KEYS", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "TOTP_ENCRYPTION_KEYS",
+        hide_env_values = true,
+        global = true
+    )]
     pub encryption_keys: Option<String>,
 
     /// Wrong codes before a user is locked; 0 turns lockout off.
@@ -116,11 +136,22 @@ pub struct Config {
     pub cors_origins: Vec<String>,
 
     /// Log format.
-    #[arg(long, env = "TOTP_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "TOTP_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
 
     /// Most database connections in the pool.
-    #[arg(long, env = "TOTP_DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "TOTP_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 
@@ -152,14 +183,20 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("listen", &self.listen)
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .field("data_dir", &self.data_dir)
             .field("jwks", &self.jwks)
             .field("token_issuer", &self.token_issuer)
             .field("token_audience", &self.token_audience)
             .field("roles_claim", &self.roles_claim)
             .field("otp_issuer", &self.otp_issuer)
-            .field("encryption_keys", &self.encryption_keys.as_ref().map(|_| "<redacted>"))
+            .field(
+                "encryption_keys",
+                &self.encryption_keys.as_ref().map(|_| "<redacted>"),
+            )
             .field("max_attempts", &self.max_attempts)
             .field("lockout_duration", &self.lockout_duration)
             .field("cors_origins", &self.cors_origins)

@@ -50,7 +50,12 @@ impl KeyRing {
     /// Parses `id:base64,id:base64` (the format of `TOTP_ENCRYPTION_KEYS`); the first entry seals.
     pub fn parse(spec: &str) -> Result<Self, CryptoError> {
         let mut keys: Vec<(String, Aes256Gcm)> = Vec::new();
-        for (index, entry) in spec.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        for (index, entry) in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+        {
             let (id, encoded) = entry
                 .split_once(':')
                 .filter(|(id, _)| !id.is_empty())
@@ -58,8 +63,8 @@ impl KeyRing {
             let bytes = BASE64
                 .decode(encoded.trim())
                 .map_err(|_| CryptoError::BadKey(id.to_owned()))?;
-            let cipher =
-                Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey(id.to_owned()))?;
+            let cipher = Aes256Gcm::new_from_slice(&bytes)
+                .map_err(|_| CryptoError::BadKey(id.to_owned()))?;
             if keys.iter().any(|(known, _)| known == id) {
                 return Err(CryptoError::DuplicateId(id.to_owned()));
             }
@@ -147,14 +152,23 @@ mod tests {
         let secret = Secret::generate(&mut rand::thread_rng());
         let sealed = keys.seal("alice", &secret, &mut rand::thread_rng());
         assert_eq!(sealed.key_id, "k1");
-        assert!(!sealed.ciphertext.windows(secret.expose().len()).any(|w| w == secret.expose()));
+        assert!(
+            !sealed
+                .ciphertext
+                .windows(secret.expose().len())
+                .any(|w| w == secret.expose())
+        );
         assert_eq!(keys.open("alice", &sealed), Ok(secret));
     }
 
     #[test]
     fn a_secret_copied_to_another_user_does_not_open() {
         let keys = ring(&entry("k1"));
-        let sealed = keys.seal("alice", &Secret::generate(&mut rand::thread_rng()), &mut rand::thread_rng());
+        let sealed = keys.seal(
+            "alice",
+            &Secret::generate(&mut rand::thread_rng()),
+            &mut rand::thread_rng(),
+        );
         assert_eq!(keys.open("mallory", &sealed), Err(CryptoError::Corrupt));
     }
 
@@ -170,7 +184,11 @@ mod tests {
 
     #[test]
     fn a_missing_key_is_a_clear_error() {
-        let sealed = ring(&entry("gone")).seal("alice", &Secret::generate(&mut rand::thread_rng()), &mut rand::thread_rng());
+        let sealed = ring(&entry("gone")).seal(
+            "alice",
+            &Secret::generate(&mut rand::thread_rng()),
+            &mut rand::thread_rng(),
+        );
         assert_eq!(
             ring(&entry("k1")).open("alice", &sealed),
             Err(CryptoError::UnknownKey("gone".into()))
@@ -180,8 +198,14 @@ mod tests {
     #[test]
     fn refuses_malformed_key_lists() {
         assert_eq!(KeyRing::parse("").unwrap_err(), CryptoError::Empty);
-        assert_eq!(KeyRing::parse("nocolon").unwrap_err(), CryptoError::MalformedEntry(1));
-        assert_eq!(KeyRing::parse("k:c2hvcnQ=").unwrap_err(), CryptoError::BadKey("k".into()));
+        assert_eq!(
+            KeyRing::parse("nocolon").unwrap_err(),
+            CryptoError::MalformedEntry(1)
+        );
+        assert_eq!(
+            KeyRing::parse("k:c2hvcnQ=").unwrap_err(),
+            CryptoError::BadKey("k".into())
+        );
         let one = entry("k");
         assert_eq!(
             KeyRing::parse(&format!("{one},{one}")).unwrap_err(),

@@ -9,11 +9,11 @@
 //! - [`crypto`]: sealing TOTP secrets at rest.
 //! - [`proto`]: the generated protobuf types.
 
-pub mod crypto;
-pub mod domain;
-pub mod proto;
-pub mod store;
-pub mod files;
-pub mod transport;
 pub mod app;
 pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod files;
+pub mod proto;
+pub mod store;
+pub mod transport;

@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
             let secret = totp::Secret::from_base32(&secret)
                 .context("the secret must be base32 of at least 16 bytes")?;
             let step = totp::step_at(SystemClock.now().unix_seconds(), totp::PERIOD);
-            println!("{}", totp::code_for_step(&secret, step, totp::DIGITS, totp::Algorithm::Sha1));
+            println!(
+                "{}",
+                totp::code_for_step(&secret, step, totp::DIGITS, totp::Algorithm::Sha1)
+            );
             Ok(())
         }
     }
@@ -35,7 +38,9 @@ async fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -68,7 +73,13 @@ fn print_token(config: &Config, args: &TokenArgs) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let key = LocalSigningKey::load_or_create(&config.data_dir)?;
-    let claims = token_claims(&app::token_rules(config), &args.sub, &grants, args.org.as_deref(), args.ttl);
+    let claims = token_claims(
+        &app::token_rules(config),
+        &args.sub,
+        &grants,
+        args.org.as_deref(),
+        args.ttl,
+    );
     println!("{}", key.sign(&claims)?);
     Ok(())
 }

@@ -59,7 +59,9 @@ mod tests {
     fn caller(subject: &str, grants: &[(&str, &str)]) -> Caller {
         let mut map: HashMap<String, HashSet<String>> = HashMap::new();
         for (permission, org) in grants {
-            map.entry((*permission).to_owned()).or_default().insert((*org).to_owned());
+            map.entry((*permission).to_owned())
+                .or_default()
+                .insert((*org).to_owned());
         }
         Caller {
             subject: subject.to_owned(),

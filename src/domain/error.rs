@@ -68,8 +68,11 @@ pub const TOTP_NOT_READY: Rejection = rejection(
     "COMMAND-3Mif9s",
     "Multifactor OTP (OneTimePassword) isn't ready",
 );
-pub const USER_ALREADY_EXISTS: Rejection =
-    rejection(Code::AlreadyExists, "COMMAND-7yiox1isql", "User already exists");
+pub const USER_ALREADY_EXISTS: Rejection = rejection(
+    Code::AlreadyExists,
+    "COMMAND-7yiox1isql",
+    "User already exists",
+);
 pub const ORG_DOMAIN_UNSUPPORTED: Rejection = rejection(
     Code::InvalidArgument,
     "USER-o1rg4",

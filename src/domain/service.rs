@@ -223,7 +223,11 @@ impl Service {
                 user_id.as_str(),
                 Box::new(move |snapshot| {
                     let snapshot = existing(snapshot)?;
-                    access.check(&caller, &snapshot.user.user_id, &snapshot.user.resource_owner)?;
+                    access.check(
+                        &caller,
+                        &snapshot.user.user_id,
+                        &snapshot.user.resource_owner,
+                    )?;
                     let mut draft = Draft::new(snapshot, at, caller.subject);
                     match decide(&mut draft, &service)? {
                         None => Ok(draft.finish()),
@@ -235,16 +239,26 @@ impl Service {
     }
 
     /// RegisterTOTP: a new pending secret (replacing a pending one), unless one is verified.
-    pub async fn register_totp(&self, caller: &Caller, user_id: &UserId) -> Result<Registration, Error> {
+    pub async fn register_totp(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+    ) -> Result<Registration, Error> {
         let secret = Secret::generate(&mut rand::thread_rng());
-        let sealed = self.keys.seal(user_id.as_str(), &secret, &mut rand::thread_rng());
+        let sealed = self
+            .keys
+            .seal(user_id.as_str(), &secret, &mut rand::thread_rng());
         let committed = self
             .change_user(
                 caller,
                 user_id,
                 Access::self_or(Permission::UserCredentialWrite),
                 move |draft, _| {
-                    if draft.totp.as_ref().is_some_and(|t| t.state == TotpState::Ready) {
+                    if draft
+                        .totp
+                        .as_ref()
+                        .is_some_and(|t| t.state == TotpState::Ready)
+                    {
                         return Err(error::TOTP_ALREADY_SET_UP.into());
                     }
                     draft.put_totp(TotpRecord {
@@ -330,9 +344,19 @@ impl Service {
                     record.period,
                 );
                 let step = match step {
-                    None => return Ok(Some(service.record_failure(draft, "invalid code", error::INVALID_CODE))),
+                    None => {
+                        return Ok(Some(service.record_failure(
+                            draft,
+                            "invalid code",
+                            error::INVALID_CODE,
+                        )));
+                    }
                     Some(step) if record.last_used_step.is_some_and(|last| step <= last) => {
-                        return Ok(Some(service.record_failure(draft, "code already used", error::CODE_ALREADY_USED)));
+                        return Ok(Some(service.record_failure(
+                            draft,
+                            "code already used",
+                            error::CODE_ALREADY_USED,
+                        )));
                     }
                     Some(step) => step,
                 };
@@ -354,13 +378,21 @@ impl Service {
     }
 
     fn open_secret(&self, user_id: &str, record: &TotpRecord) -> Result<Secret, Error> {
-        self.keys.open(user_id, &record.secret).map_err(|err| match err {
-            CryptoError::UnknownKey(key_id) => {
-                tracing::error!(user_id, key_id, "TOTP secret sealed under a key that is not configured");
-                Error::Rejected(error::SECRET_KEY_UNAVAILABLE)
-            }
-            other => Error::Internal(format!("opening the TOTP secret of user {user_id}: {other}")),
-        })
+        self.keys
+            .open(user_id, &record.secret)
+            .map_err(|err| match err {
+                CryptoError::UnknownKey(key_id) => {
+                    tracing::error!(
+                        user_id,
+                        key_id,
+                        "TOTP secret sealed under a key that is not configured"
+                    );
+                    Error::Rejected(error::SECRET_KEY_UNAVAILABLE)
+                }
+                other => Error::Internal(format!(
+                    "opening the TOTP secret of user {user_id}: {other}"
+                )),
+            })
     }
 
     /// Counts a rejected code: appends `check.failed`, and locks the user at `max_attempts`.
@@ -383,15 +415,20 @@ impl Service {
     /// RemoveTOTP: removes a pending or ready TOTP.
     pub async fn remove_totp(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
         let committed = self
-            .change_user(caller, user_id, Access::self_or(Permission::UserWrite), |draft, _| {
-                if draft.totp.is_none() {
-                    return Err(error::TOTP_NOT_FOUND_ON_REMOVE.into());
-                }
-                draft.totp = None;
-                draft.totp_change = TotpChange::Delete;
-                draft.append(events::OTP_REMOVED, json!({}));
-                Ok(None)
-            })
+            .change_user(
+                caller,
+                user_id,
+                Access::self_or(Permission::UserWrite),
+                |draft, _| {
+                    if draft.totp.is_none() {
+                        return Err(error::TOTP_NOT_FOUND_ON_REMOVE.into());
+                    }
+                    draft.totp = None;
+                    draft.totp_change = TotpChange::Delete;
+                    draft.append(events::OTP_REMOVED, json!({}));
+                    Ok(None)
+                },
+            )
             .await?;
         Ok(committed.details)
     }
@@ -399,15 +436,20 @@ impl Service {
     /// DeleteUser: marks the user removed and drops its TOTP secret.
     pub async fn delete_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
         let committed = self
-            .change_user(caller, user_id, Access::only(Permission::UserWrite), |draft, _| {
-                draft.user.state = UserState::Deleted;
-                draft.user.locked_until = None;
-                if draft.totp.take().is_some() {
-                    draft.totp_change = TotpChange::Delete;
-                }
-                draft.append(events::USER_REMOVED, json!({}));
-                Ok(None)
-            })
+            .change_user(
+                caller,
+                user_id,
+                Access::only(Permission::UserWrite),
+                |draft, _| {
+                    draft.user.state = UserState::Deleted;
+                    draft.user.locked_until = None;
+                    if draft.totp.take().is_some() {
+                        draft.totp_change = TotpChange::Delete;
+                    }
+                    draft.append(events::USER_REMOVED, json!({}));
+                    Ok(None)
+                },
+            )
             .await?;
         Ok(committed.details)
     }
@@ -415,15 +457,23 @@ impl Service {
     /// LockUser: locks until UnlockUser.
     pub async fn lock_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
         let committed = self
-            .change_user(caller, user_id, Access::only(Permission::UserWrite), |draft, _| {
-                if draft.user.state == UserState::Locked {
-                    return Err(ALREADY_LOCKED.into());
-                }
-                draft.user.state = UserState::Locked;
-                draft.user.locked_until = None;
-                draft.append(events::USER_LOCKED, json!({ "reason": "locked by an administrator" }));
-                Ok(None)
-            })
+            .change_user(
+                caller,
+                user_id,
+                Access::only(Permission::UserWrite),
+                |draft, _| {
+                    if draft.user.state == UserState::Locked {
+                        return Err(ALREADY_LOCKED.into());
+                    }
+                    draft.user.state = UserState::Locked;
+                    draft.user.locked_until = None;
+                    draft.append(
+                        events::USER_LOCKED,
+                        json!({ "reason": "locked by an administrator" }),
+                    );
+                    Ok(None)
+                },
+            )
             .await?;
         Ok(committed.details)
     }
@@ -431,22 +481,31 @@ impl Service {
     /// UnlockUser: ends a lock and clears the count of failed attempts.
     pub async fn unlock_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
         let committed = self
-            .change_user(caller, user_id, Access::only(Permission::UserWrite), |draft, _| {
-                if draft.user.state != UserState::Locked {
-                    return Err(NOT_LOCKED.into());
-                }
-                draft.user.state = UserState::Active;
-                draft.user.locked_until = None;
-                draft.user.failed_attempts = 0;
-                draft.append(events::USER_UNLOCKED, json!({}));
-                Ok(None)
-            })
+            .change_user(
+                caller,
+                user_id,
+                Access::only(Permission::UserWrite),
+                |draft, _| {
+                    if draft.user.state != UserState::Locked {
+                        return Err(NOT_LOCKED.into());
+                    }
+                    draft.user.state = UserState::Active;
+                    draft.user.locked_until = None;
+                    draft.user.failed_attempts = 0;
+                    draft.append(events::USER_UNLOCKED, json!({}));
+                    Ok(None)
+                },
+            )
             .await?;
         Ok(committed.details)
     }
 
     /// AddHumanUser: creates an active user, optionally with an imported, ready TOTP.
-    pub async fn add_human_user(&self, caller: &Caller, new: NewHuman) -> Result<(String, Details), Error> {
+    pub async fn add_human_user(
+        &self,
+        caller: &Caller,
+        new: NewHuman,
+    ) -> Result<(String, Details), Error> {
         let org = new
             .org_id
             .clone()
@@ -506,10 +565,19 @@ impl Service {
     }
 
     /// Reads an existing user after the access checks.
-    async fn read_user(&self, caller: &Caller, user_id: &UserId, access: Access) -> Result<Snapshot, Error> {
+    async fn read_user(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        access: Access,
+    ) -> Result<Snapshot, Error> {
         access.precheck(caller, user_id.as_str())?;
         let snapshot = existing(self.store.load(user_id.as_str()).await?)?;
-        access.check(caller, &snapshot.user.user_id, &snapshot.user.resource_owner)?;
+        access.check(
+            caller,
+            &snapshot.user.user_id,
+            &snapshot.user.resource_owner,
+        )?;
         Ok(snapshot)
     }
 
@@ -527,7 +595,11 @@ impl Service {
     }
 
     /// ListAuthenticationMethodTypes.
-    pub async fn list_authentication_methods(&self, caller: &Caller, user_id: &UserId) -> Result<AuthMethods, Error> {
+    pub async fn list_authentication_methods(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+    ) -> Result<AuthMethods, Error> {
         let snapshot = self
             .read_user(caller, user_id, Access::self_or(Permission::UserRead))
             .await?;

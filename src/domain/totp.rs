@@ -52,7 +52,9 @@ impl Secret {
             .filter(|c| !c.is_whitespace() && *c != '=')
             .map(|c| c.to_ascii_uppercase())
             .collect();
-        let bytes = data_encoding::BASE32_NOPAD.decode(cleaned.as_bytes()).ok()?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(cleaned.as_bytes())
+            .ok()?;
         (bytes.len() >= MIN_SECRET_BYTES).then_some(Secret(bytes))
     }
 
@@ -98,7 +100,8 @@ pub fn code_for_step(secret: &Secret, step: i64, digits: u32, algorithm: Algorit
 
 fn hmac_digest<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
     // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
+    let mut mac =
+        <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(message);
     mac.finalize().into_bytes().to_vec()
 }
@@ -107,7 +110,13 @@ fn hmac_digest<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Ve
 /// `submitted` once trimmed of surrounding white space; `None` when none does, or when the trimmed
 /// code is not exactly `digits` ASCII digits. Every candidate is computed and compared in constant
 /// time, so timing does not tell which step matched.
-pub fn matching_step(secret: &Secret, submitted: &str, unix_seconds: i64, digits: u32, period: u32) -> Option<i64> {
+pub fn matching_step(
+    secret: &Secret,
+    submitted: &str,
+    unix_seconds: i64,
+    digits: u32,
+    period: u32,
+) -> Option<i64> {
     let code = submitted.trim();
     if code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -161,9 +170,8 @@ mod tests {
     fn matches_the_rfc_6238_appendix_b_vectors() {
         let sha1 = ascii_secret("12345678901234567890");
         let sha256 = ascii_secret("12345678901234567890123456789012");
-        let sha512 = ascii_secret(
-            "1234567890123456789012345678901234567890123456789012345678901234",
-        );
+        let sha512 =
+            ascii_secret("1234567890123456789012345678901234567890123456789012345678901234");
         let vectors: [(i64, &str, &str, &str); 6] = [
             (59, "94287082", "46119246", "90693936"),
             (1_111_111_109, "07081804", "68084774", "25091201"),
@@ -174,9 +182,21 @@ mod tests {
         ];
         for (time, want_sha1, want_sha256, want_sha512) in vectors {
             let step = step_at(time, 30);
-            assert_eq!(code_for_step(&sha1, step, 8, Algorithm::Sha1), want_sha1, "SHA1 at {time}");
-            assert_eq!(code_for_step(&sha256, step, 8, Algorithm::Sha256), want_sha256, "SHA256 at {time}");
-            assert_eq!(code_for_step(&sha512, step, 8, Algorithm::Sha512), want_sha512, "SHA512 at {time}");
+            assert_eq!(
+                code_for_step(&sha1, step, 8, Algorithm::Sha1),
+                want_sha1,
+                "SHA1 at {time}"
+            );
+            assert_eq!(
+                code_for_step(&sha256, step, 8, Algorithm::Sha256),
+                want_sha256,
+                "SHA256 at {time}"
+            );
+            assert_eq!(
+                code_for_step(&sha512, step, 8, Algorithm::Sha512),
+                want_sha512,
+                "SHA512 at {time}"
+            );
         }
     }
 
@@ -187,7 +207,10 @@ mod tests {
         let current = step_at(now, PERIOD);
         for offset in [-1, 0, 1] {
             let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
-            assert_eq!(matching_step(&secret, &code, now, DIGITS, PERIOD), Some(current + offset));
+            assert_eq!(
+                matching_step(&secret, &code, now, DIGITS, PERIOD),
+                Some(current + offset)
+            );
         }
     }
 
@@ -216,7 +239,10 @@ mod tests {
         let secret = Secret::generate(&mut rand::thread_rng());
         let text = secret.to_base32();
         assert_eq!(text.len(), 32);
-        assert!(text.chars().all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c)));
+        assert!(
+            text.chars()
+                .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+        );
         assert_eq!(Secret::from_base32(&text.to_lowercase()), Some(secret));
     }
 

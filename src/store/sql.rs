@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{AnyPool, Any, Row, Transaction, query::Query};
+use sqlx::{Any, AnyPool, Row, Transaction, query::Query};
 
 use super::{Dialect, classify};
 use crate::domain::clock::Timestamp;
@@ -174,7 +174,9 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
         created_at: Timestamp(row.try_get("created_at")?),
         change_date: Timestamp(row.try_get("change_date")?),
         failed_attempts: row.try_get::<i64, _>("failed_attempts")? as u32,
-        locked_until: row.try_get::<Option<i64>, _>("locked_until")?.map(Timestamp),
+        locked_until: row
+            .try_get::<Option<i64>, _>("locked_until")?
+            .map(Timestamp),
     };
     let totp = match row.try_get::<Option<String>, _>("totp_state")? {
         None => None,

@@ -52,16 +52,18 @@ impl JwksSource {
             JwksSource::File(path) => tokio::fs::read_to_string(path)
                 .await
                 .with_context(|| format!("reading the JWKS file {}", path.display()))?,
-            JwksSource::Url(url) => reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?
-                .get(url)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .with_context(|| format!("fetching the JWKS from {url}"))?
-                .text()
-                .await?,
+            JwksSource::Url(url) => {
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()?
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .with_context(|| format!("fetching the JWKS from {url}"))?
+                    .text()
+                    .await?
+            }
         };
         serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
     }
@@ -123,10 +125,14 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str, header: &Header) -> Option<Map<String, Value>> {
-        let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let candidates = cache.keys.iter().filter(|k| {
-            k.algorithm == header.alg && (header.kid.is_none() || k.kid == header.kid)
-        });
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let candidates = cache
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || k.kid == header.kid));
         for candidate in candidates {
             let mut validation = Validation::new(candidate.algorithm);
             validation.leeway = 60;
@@ -137,7 +143,9 @@ impl Authenticator {
                 Some(audience) => validation.set_audience(&[audience]),
                 None => validation.validate_aud = false,
             }
-            if let Ok(data) = jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation) {
+            if let Ok(data) =
+                jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation)
+            {
                 return Some(data.claims);
             }
         }
@@ -148,8 +156,12 @@ impl Authenticator {
     /// (a rotation), at most once per [`JWKS_MIN_REFETCH`]. A failed fetch keeps the old keys.
     async fn refresh_if_needed(&self, kid: Option<&str>) {
         let (age, known) = {
-            let cache = self.cache.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let known = kid.is_none_or(|kid| cache.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
+            let cache = self
+                .cache
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let known =
+                kid.is_none_or(|kid| cache.keys.iter().any(|k| k.kid.as_deref() == Some(kid)));
             (cache.fetched_at.elapsed(), known)
         };
         let due = age >= JWKS_REFRESH || (!known && age >= JWKS_MIN_REFETCH);
@@ -160,11 +172,16 @@ impl Authenticator {
             return;
         };
         let fetched = self.source.fetch().await.and_then(|set| trusted_keys(&set));
-        let mut cache = self.cache.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.fetched_at = Instant::now();
         match fetched {
             Ok(keys) => cache.keys = keys,
-            Err(err) => tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys"),
+            Err(err) => {
+                tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys")
+            }
         }
     }
 }
@@ -217,13 +234,20 @@ fn trusted_keys(set: &JwkSet) -> anyhow::Result<Vec<TrustedKey>> {
             })
         })
         .collect();
-    anyhow::ensure!(!keys.is_empty(), "the JWKS holds no usable signing key (RS*, PS*, ES256/384, EdDSA)");
+    anyhow::ensure!(
+        !keys.is_empty(),
+        "the JWKS holds no usable signing key (RS*, PS*, ES256/384, EdDSA)"
+    );
     Ok(keys)
 }
 
 /// Reads `sub`, the resource owner and the roles claim into a caller; `None` without a `sub`.
 fn caller_from_claims(claims: &Map<String, Value>, roles_claim: &str) -> Option<Caller> {
-    let subject = claims.get("sub")?.as_str().filter(|s| !s.is_empty())?.to_owned();
+    let subject = claims
+        .get("sub")?
+        .as_str()
+        .filter(|s| !s.is_empty())?
+        .to_owned();
     let resource_owner = claims
         .get(RESOURCE_OWNER_CLAIM)
         .and_then(Value::as_str)
@@ -261,8 +285,9 @@ impl LocalSigningKey {
         let signing_key = if key_path.exists() {
             let pem = std::fs::read_to_string(&key_path)
                 .with_context(|| format!("reading {}", key_path.display()))?;
-            SigningKey::from_pkcs8_pem(&pem)
-                .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", key_path.display()))?
+            SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+                anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", key_path.display())
+            })?
         } else {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
             let pem = key
@@ -364,7 +389,10 @@ mod tests {
         let caller = caller_from_claims(claims.as_object().unwrap(), "roles").unwrap();
         assert_eq!(caller.subject, "admin");
         assert_eq!(caller.resource_owner.as_deref(), Some("org1"));
-        assert_eq!(caller.grants["user.write"], HashSet::from(["org1".to_owned(), "org2".to_owned()]));
+        assert_eq!(
+            caller.grants["user.write"],
+            HashSet::from(["org1".to_owned(), "org2".to_owned()])
+        );
         assert_eq!(caller.grants["user.read"], HashSet::from(["*".to_owned()]));
     }
 

@@ -85,8 +85,13 @@ fn cors(origins: &[String]) -> CorsLayer {
             .map(HeaderName::from_static),
         )
         .expose_headers(
-            ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"]
-                .map(HeaderName::from_static),
+            [
+                "grpc-status",
+                "grpc-message",
+                "grpc-status-details-bin",
+                "x-request-id",
+            ]
+            .map(HeaderName::from_static),
         )
 }
 

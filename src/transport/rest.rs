@@ -69,7 +69,8 @@ impl IntoResponse for RestError {
             })
             .into_iter()
             .collect();
-        let body = json!({ "code": public.code as i32, "message": public.message, "details": details });
+        let body =
+            json!({ "code": public.code as i32, "message": public.message, "details": details });
         let status = self.status.unwrap_or_else(|| http_status(public.code));
         let mut response = (status, Json(body)).into_response();
         if let Error::Unauthenticated(failure) = &self.error {
@@ -77,9 +78,10 @@ impl IntoResponse for RestError {
                 crate::domain::error::AuthFailure::InvalidToken => "Bearer error=\"invalid_token\"",
                 _ => "Bearer",
             };
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response
     }
@@ -118,7 +120,9 @@ where
             essence.eq_ignore_ascii_case("application/json")
         });
         if !is_json {
-            return Err(Error::Validation("content type must be application/json".to_owned()).into());
+            return Err(
+                Error::Validation("content type must be application/json".to_owned()).into(),
+            );
         }
         // The parser's own message may quote the input (a secret or a code): say where, not what.
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
@@ -175,15 +179,34 @@ macro_rules! with_user_id {
     };
 }
 
-with_user_id!(register_totp, user_pb::RegisterTotpRequest, rpc::register_totp, body);
-with_user_id!(verify_totp, user_pb::VerifyTotpRegistrationRequest, rpc::verify_totp_registration, body);
+with_user_id!(
+    register_totp,
+    user_pb::RegisterTotpRequest,
+    rpc::register_totp,
+    body
+);
+with_user_id!(
+    verify_totp,
+    user_pb::VerifyTotpRegistrationRequest,
+    rpc::verify_totp_registration,
+    body
+);
 with_user_id!(check_totp, totp_pb::CheckTotpRequest, rpc::check_totp, body);
 with_user_id!(lock_user, user_pb::LockUserRequest, rpc::lock_user, body);
-with_user_id!(unlock_user, user_pb::UnlockUserRequest, rpc::unlock_user, body);
+with_user_id!(
+    unlock_user,
+    user_pb::UnlockUserRequest,
+    rpc::unlock_user,
+    body
+);
 with_user_id!(remove_totp, user_pb::RemoveTotpRequest, rpc::remove_totp);
 with_user_id!(get_user, user_pb::GetUserByIdRequest, rpc::get_user_by_id);
 with_user_id!(delete_user, user_pb::DeleteUserRequest, rpc::delete_user);
-with_user_id!(list_methods, user_pb::ListAuthenticationMethodTypesRequest, rpc::list_authentication_method_types);
+with_user_id!(
+    list_methods,
+    user_pb::ListAuthenticationMethodTypesRequest,
+    rpc::list_authentication_method_types
+);
 
 async fn add_human_user(
     State(api): State<Api>,

@@ -4,12 +4,12 @@
 
 use crate::proto::Timestamp as ProtoTimestamp;
 
+use crate::domain::Service;
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::service::NewHuman;
 use crate::domain::totp::Secret;
 use crate::domain::types::{Caller, Details, Gender, Profile, TotpCode, UserId, check_length};
-use crate::domain::Service;
 use crate::proto::totpservice::v1 as totp_pb;
 use crate::proto::zitadel::object::v2 as object_pb;
 use crate::proto::zitadel::user::v2 as user_pb;
@@ -52,7 +52,9 @@ pub async fn verify_totp_registration(
 ) -> Result<user_pb::VerifyTotpRegistrationResponse, Error> {
     let user_id = UserId::parse(&request.user_id, "VerifyTOTPRegistrationRequest")?;
     let code = TotpCode::parse(&request.code, "VerifyTOTPRegistrationRequest")?;
-    let result = service.verify_totp_registration(caller, &user_id, &code).await?;
+    let result = service
+        .verify_totp_registration(caller, &user_id, &code)
+        .await?;
     Ok(user_pb::VerifyTotpRegistrationResponse {
         details: details(result),
     })
@@ -100,9 +102,9 @@ pub async fn add_human_user(
     if let Some(secret) = &request.totp_secret {
         check_length(secret, REQUEST, "TotpSecret")?;
     }
-    let profile = request
-        .profile
-        .ok_or_else(|| Error::Validation(format!("invalid {REQUEST}.Profile: value is required")))?;
+    let profile = request.profile.ok_or_else(|| {
+        Error::Validation(format!("invalid {REQUEST}.Profile: value is required"))
+    })?;
     check_length(&profile.given_name, "SetHumanProfile", "GivenName")?;
     check_length(&profile.family_name, "SetHumanProfile", "FamilyName")?;
     let email = request
@@ -232,7 +234,9 @@ pub async fn list_authentication_method_types(
     request: user_pb::ListAuthenticationMethodTypesRequest,
 ) -> Result<user_pb::ListAuthenticationMethodTypesResponse, Error> {
     let user_id = UserId::parse(&request.user_id, "ListAuthenticationMethodTypesRequest")?;
-    let methods = service.list_authentication_methods(caller, &user_id).await?;
+    let methods = service
+        .list_authentication_methods(caller, &user_id)
+        .await?;
     let mut types = Vec::new();
     if methods.totp_ready {
         types.push(user_pb::AuthenticationMethodType::Totp as i32);

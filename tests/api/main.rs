@@ -64,15 +64,25 @@ every_protocol_and_backend!([
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.
-matrix!(sqlite_rest_only, Sqlite, Rest, [
-    rest_accepts_snake_case_and_camel_case_keys,
-    rest_path_user_id_wins_over_body,
-    rest_refuses_malformed_json_and_wrong_content_types,
-    rest_answers_unknown_paths_and_wrong_methods_with_the_error_body,
-    rest_refuses_oversized_bodies,
-    rest_health_endpoints_answer,
-]);
-matrix!(postgres_rest_only, Postgres, Rest, [
-    rest_accepts_snake_case_and_camel_case_keys,
-    rest_path_user_id_wins_over_body,
-]);
+matrix!(
+    sqlite_rest_only,
+    Sqlite,
+    Rest,
+    [
+        rest_accepts_snake_case_and_camel_case_keys,
+        rest_path_user_id_wins_over_body,
+        rest_refuses_malformed_json_and_wrong_content_types,
+        rest_answers_unknown_paths_and_wrong_methods_with_the_error_body,
+        rest_refuses_oversized_bodies,
+        rest_health_endpoints_answer,
+    ]
+);
+matrix!(
+    postgres_rest_only,
+    Postgres,
+    Rest,
+    [
+        rest_accepts_snake_case_and_camel_case_keys,
+        rest_path_user_id_wins_over_body,
+    ]
+);

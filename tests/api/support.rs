@@ -85,8 +85,16 @@ impl ApiError {
     #[track_caller]
     pub fn assert_rejected(&self, code: i32, id: &str, message: &str) {
         assert_eq!(self.code, code, "code of {self:?}");
-        assert_eq!(self.message, format!("{message} ({id})"), "message of {self:?}");
-        assert_eq!(self.details, vec![(id.to_owned(), message.to_owned())], "details of {self:?}");
+        assert_eq!(
+            self.message,
+            format!("{message} ({id})"),
+            "message of {self:?}"
+        );
+        assert_eq!(
+            self.details,
+            vec![(id.to_owned(), message.to_owned())],
+            "details of {self:?}"
+        );
         if let Some(status) = self.http_status {
             assert_eq!(status, http_status_of(code), "HTTP status of {self:?}");
         }
@@ -207,7 +215,9 @@ impl Harness {
         } else {
             clock.clone()
         };
-        let router = app::build(&config, service_clock).await.expect("app builds");
+        let router = app::build(&config, service_clock)
+            .await
+            .expect("app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         tokio::spawn(app::serve(listener, router, pending()));
@@ -280,7 +290,13 @@ impl Harness {
             .iter()
             .map(|(p, o)| ((*p).to_owned(), (*o).to_owned()))
             .collect();
-        let mut claims = token_claims(rules, subject, &grants, resource_owner, Duration::from_secs(600));
+        let mut claims = token_claims(
+            rules,
+            subject,
+            &grants,
+            resource_owner,
+            Duration::from_secs(600),
+        );
         edit(&mut claims);
         Auth::bearer(&self.key.sign(&claims).expect("sign"))
     }
@@ -337,14 +353,34 @@ impl Harness {
         auth: &Auth,
         request: user_pb::AddHumanUserRequest,
     ) -> Result<user_pb::AddHumanUserResponse, ApiError> {
-        self.call("zitadel.user.v2.UserService/AddHumanUser", "POST", "/v2/users/human".into(), auth, request, true)
-            .await
+        self.call(
+            "zitadel.user.v2.UserService/AddHumanUser",
+            "POST",
+            "/v2/users/human".into(),
+            auth,
+            request,
+            true,
+        )
+        .await
     }
 
-    pub async fn register_totp(&self, auth: &Auth, user_id: &str) -> Result<user_pb::RegisterTotpResponse, ApiError> {
-        let request = user_pb::RegisterTotpRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/RegisterTOTP", "POST", user_path(user_id, "/totp"), auth, request, true)
-            .await
+    pub async fn register_totp(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::RegisterTotpResponse, ApiError> {
+        let request = user_pb::RegisterTotpRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/RegisterTOTP",
+            "POST",
+            user_path(user_id, "/totp"),
+            auth,
+            request,
+            true,
+        )
+        .await
     }
 
     pub async fn verify_totp(
@@ -368,43 +404,120 @@ impl Harness {
         .await
     }
 
-    pub async fn check_totp(&self, auth: &Auth, user_id: &str, code: &str) -> Result<totp_pb::CheckTotpResponse, ApiError> {
+    pub async fn check_totp(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+        code: &str,
+    ) -> Result<totp_pb::CheckTotpResponse, ApiError> {
         let request = totp_pb::CheckTotpRequest {
             user_id: user_id.into(),
             code: code.into(),
         };
-        self.call("totpservice.v1.TOTPService/CheckTOTP", "POST", user_path(user_id, "/totp/check"), auth, request, true)
-            .await
+        self.call(
+            "totpservice.v1.TOTPService/CheckTOTP",
+            "POST",
+            user_path(user_id, "/totp/check"),
+            auth,
+            request,
+            true,
+        )
+        .await
     }
 
-    pub async fn remove_totp(&self, auth: &Auth, user_id: &str) -> Result<user_pb::RemoveTotpResponse, ApiError> {
-        let request = user_pb::RemoveTotpRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/RemoveTOTP", "DELETE", user_path(user_id, "/totp"), auth, request, false)
-            .await
+    pub async fn remove_totp(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::RemoveTotpResponse, ApiError> {
+        let request = user_pb::RemoveTotpRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/RemoveTOTP",
+            "DELETE",
+            user_path(user_id, "/totp"),
+            auth,
+            request,
+            false,
+        )
+        .await
     }
 
-    pub async fn get_user(&self, auth: &Auth, user_id: &str) -> Result<user_pb::GetUserByIdResponse, ApiError> {
-        let request = user_pb::GetUserByIdRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/GetUserByID", "GET", user_path(user_id, ""), auth, request, false)
-            .await
+    pub async fn get_user(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::GetUserByIdResponse, ApiError> {
+        let request = user_pb::GetUserByIdRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/GetUserByID",
+            "GET",
+            user_path(user_id, ""),
+            auth,
+            request,
+            false,
+        )
+        .await
     }
 
-    pub async fn delete_user(&self, auth: &Auth, user_id: &str) -> Result<user_pb::DeleteUserResponse, ApiError> {
-        let request = user_pb::DeleteUserRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/DeleteUser", "DELETE", user_path(user_id, ""), auth, request, false)
-            .await
+    pub async fn delete_user(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::DeleteUserResponse, ApiError> {
+        let request = user_pb::DeleteUserRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/DeleteUser",
+            "DELETE",
+            user_path(user_id, ""),
+            auth,
+            request,
+            false,
+        )
+        .await
     }
 
-    pub async fn lock_user(&self, auth: &Auth, user_id: &str) -> Result<user_pb::LockUserResponse, ApiError> {
-        let request = user_pb::LockUserRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/LockUser", "POST", user_path(user_id, "/lock"), auth, request, true)
-            .await
+    pub async fn lock_user(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::LockUserResponse, ApiError> {
+        let request = user_pb::LockUserRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/LockUser",
+            "POST",
+            user_path(user_id, "/lock"),
+            auth,
+            request,
+            true,
+        )
+        .await
     }
 
-    pub async fn unlock_user(&self, auth: &Auth, user_id: &str) -> Result<user_pb::UnlockUserResponse, ApiError> {
-        let request = user_pb::UnlockUserRequest { user_id: user_id.into() };
-        self.call("zitadel.user.v2.UserService/UnlockUser", "POST", user_path(user_id, "/unlock"), auth, request, true)
-            .await
+    pub async fn unlock_user(
+        &self,
+        auth: &Auth,
+        user_id: &str,
+    ) -> Result<user_pb::UnlockUserResponse, ApiError> {
+        let request = user_pb::UnlockUserRequest {
+            user_id: user_id.into(),
+        };
+        self.call(
+            "zitadel.user.v2.UserService/UnlockUser",
+            "POST",
+            user_path(user_id, "/unlock"),
+            auth,
+            request,
+            true,
+        )
+        .await
     }
 
     pub async fn list_methods(
@@ -412,7 +525,9 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::ListAuthenticationMethodTypesResponse, ApiError> {
-        let request = user_pb::ListAuthenticationMethodTypesRequest { user_id: user_id.into() };
+        let request = user_pb::ListAuthenticationMethodTypesRequest {
+            user_id: user_id.into(),
+        };
         self.call(
             "zitadel.user.v2.UserService/ListAuthenticationMethodTypes",
             "GET",
@@ -442,7 +557,8 @@ impl Harness {
         match self.protocol {
             Protocol::Rest => {
                 let body = rest_body.then(|| serde_json::to_vec(&request).unwrap());
-                let (status, headers, bytes) = self.rest_raw(http_method, &rest_path, auth, body).await;
+                let (status, headers, bytes) =
+                    self.rest_raw(http_method, &rest_path, auth, body).await;
                 if status == 200 {
                     assert_eq!(
                         headers.get("content-type").and_then(|v| v.to_str().ok()),
@@ -450,7 +566,10 @@ impl Harness {
                         "REST success content type"
                     );
                     Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                        panic!("REST body does not parse as the response: {e}: {}", String::from_utf8_lossy(&bytes))
+                        panic!(
+                            "REST body does not parse as the response: {e}: {}",
+                            String::from_utf8_lossy(&bytes)
+                        )
                     }))
                 } else {
                     Err(rest_error(status, &headers, &bytes))
@@ -469,7 +588,8 @@ impl Harness {
         auth: &Auth,
         body: Option<Vec<u8>>,
     ) -> (u16, http::HeaderMap, Vec<u8>) {
-        self.rest_raw_typed(method, path, auth, body.map(|b| ("application/json", b))).await
+        self.rest_raw_typed(method, path, auth, body.map(|b| ("application/json", b)))
+            .await
     }
 
     /// Like [`Self::rest_raw`] with an explicit content type.
@@ -497,7 +617,12 @@ impl Harness {
         (status, headers, bytes)
     }
 
-    async fn grpc_call<Req, Resp>(&self, method: &str, auth: &Auth, request: Req) -> Result<Resp, ApiError>
+    async fn grpc_call<Req, Resp>(
+        &self,
+        method: &str,
+        auth: &Auth,
+        request: Req,
+    ) -> Result<Resp, ApiError>
     where
         Req: Message + Send + Sync + 'static,
         Resp: Message + Default + Send + Sync + 'static,
@@ -526,7 +651,12 @@ impl Harness {
             })
     }
 
-    async fn grpc_web_call<Req, Resp>(&self, method: &str, auth: &Auth, request: Req) -> Result<Resp, ApiError>
+    async fn grpc_web_call<Req, Resp>(
+        &self,
+        method: &str,
+        auth: &Auth,
+        request: Req,
+    ) -> Result<Resp, ApiError>
     where
         Req: Message,
         Resp: Message + Default,
@@ -543,7 +673,12 @@ impl Harness {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
-                .or_else(|| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned))
+                .or_else(|| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                })
         };
         let code: i32 = field("grpc-status").expect("grpc-status").parse().unwrap();
         if code == 0 {
@@ -568,7 +703,12 @@ impl Harness {
     }
 
     /// Sends a raw gRPC-web (binary) POST over HTTP/1.1.
-    pub async fn grpc_web_raw(&self, method: &str, auth: &Auth, body: Vec<u8>) -> (u16, http::HeaderMap, Vec<u8>) {
+    pub async fn grpc_web_raw(
+        &self,
+        method: &str,
+        auth: &Auth,
+        body: Vec<u8>,
+    ) -> (u16, http::HeaderMap, Vec<u8>) {
         let url = format!("http://{}/{}", self.addr, method);
         let mut builder = self
             .http
@@ -627,8 +767,12 @@ pub fn rest_error_for_tests(status: u16, headers: &http::HeaderMap, bytes: &[u8]
 }
 
 fn rest_error(status: u16, headers: &http::HeaderMap, bytes: &[u8]) -> ApiError {
-    let body: serde_json::Value = serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| panic!("REST error body is JSON: {}", String::from_utf8_lossy(bytes)));
+    let body: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_else(|_| {
+        panic!(
+            "REST error body is JSON: {}",
+            String::from_utf8_lossy(bytes)
+        )
+    });
     assert_eq!(
         headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/json"),
@@ -640,7 +784,10 @@ fn rest_error(status: u16, headers: &http::HeaderMap, bytes: &[u8]) -> ApiError 
         .iter()
         .map(|d| {
             assert_eq!(d["@type"], "type.googleapis.com/zitadel.v1.ErrorDetail");
-            (d["id"].as_str().unwrap().to_owned(), d["message"].as_str().unwrap().to_owned())
+            (
+                d["id"].as_str().unwrap().to_owned(),
+                d["message"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     ApiError {
@@ -698,12 +845,13 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -1,0 +1,16 @@
+# Build: the same release build CI's toolchain makes; protoc comes from the build itself.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked
+
+# Run: a small image with the one binary, as a non-root user.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /data totp && mkdir /data && chown totp /data
+COPY --from=build /src/target/release/totp-service /usr/local/bin/totp-service
+USER totp
+ENV TOTP_DATA_DIR=/data TOTP_LISTEN=0.0.0.0:8080
+VOLUME /data
+EXPOSE 8080
+ENTRYPOINT ["totp-service"]
+CMD ["serve"]
