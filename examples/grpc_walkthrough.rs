@@ -15,19 +15,28 @@ use totp_service::proto::zitadel::user::v2::{RegisterTotpRequest, VerifyTotpRegi
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let address = args.next().unwrap_or_else(|| "http://127.0.0.1:8080".into());
-    let user_id = args.next().ok_or("usage: grpc_walkthrough <address> <user_id>")?;
+    let address = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let user_id = args
+        .next()
+        .ok_or("usage: grpc_walkthrough <address> <user_id>")?;
     let token = std::env::var("TOKEN").map_err(|_| "set TOKEN (see `totp-service token`)")?;
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
 
     let mut client = UserServiceClient::connect(address).await?;
 
-    let mut request = tonic::Request::new(RegisterTotpRequest { user_id: user_id.clone() });
-    request.metadata_mut().insert("authorization", bearer.clone());
+    let mut request = tonic::Request::new(RegisterTotpRequest {
+        user_id: user_id.clone(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
     let registered = client.register_totp(request).await?.into_inner();
     println!("uri: {}", registered.uri);
 
-    let secret = Secret::from_base32(&registered.secret).ok_or("the service returned a bad secret")?;
+    let secret =
+        Secret::from_base32(&registered.secret).ok_or("the service returned a bad secret")?;
     let step = totp::step_at(SystemClock.now().unix_seconds(), totp::PERIOD);
     let code = totp::code_for_step(&secret, step, totp::DIGITS, Algorithm::Sha1);
 

@@ -88,15 +88,25 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
     Ok(opened)
 }
 
-/// Builds the router of a configuration, with `clock` as the time source.
-pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Router> {
+/// The domain service of a configuration: store (migrated), keys and rules.
+pub async fn domain_service(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Service> {
     let store = open_store(config).await?;
     let settings = Settings {
         otp_issuer: config.otp_issuer.clone(),
         max_attempts: config.max_attempts,
         lockout_duration: (!config.lockout_duration.is_zero()).then_some(config.lockout_duration),
     };
-    let service = Service::new(Arc::new(store), clock, key_ring(config)?, settings);
+    Ok(Service::new(
+        Arc::new(store),
+        clock,
+        key_ring(config)?,
+        settings,
+    ))
+}
+
+/// Builds the router of a configuration, with `clock` as the time source.
+pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Router> {
+    let service = domain_service(config, clock).await?;
     let api = Api {
         service,
         auth: authenticator(config).await?,

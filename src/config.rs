@@ -27,6 +27,9 @@ pub enum Command {
     Migrate,
     /// Print a token signed with the local key (the embedded default, no TOTP_JWKS).
     Token(TokenArgs),
+    /// Re-seal every TOTP secret under the first key of TOTP_ENCRYPTION_KEYS (safe while the
+    /// service runs, safe to interrupt and to run again).
+    Rekey,
     /// Print the current code of a base32 secret (for trying the API without a phone).
     Code {
         /// The base32 secret, as RegisterTOTP returns it.

@@ -22,6 +22,19 @@ async fn main() -> anyhow::Result<()> {
             app::open_store(&cli.config).await?;
             Ok(())
         }
+        Command::Rekey => {
+            let service = app::domain_service(&cli.config, Arc::new(SystemClock)).await?;
+            let report = service.rekey().await?;
+            println!(
+                "re-sealed {} secrets, {} could not be opened",
+                report.resealed, report.failed
+            );
+            anyhow::ensure!(
+                report.failed == 0,
+                "some secrets were not re-sealed (see the log)"
+            );
+            Ok(())
+        }
         Command::Token(args) => print_token(&cli.config, &args),
         Command::Code { secret } => {
             let secret = totp::Secret::from_base32(&secret)

@@ -162,8 +162,10 @@ impl Draft {
     }
 
     fn finish_then(mut self, then_fail: Option<Error>) -> Changes {
-        self.user.sequence += self.events.len() as u64;
-        self.user.change_date = self.at;
+        if !self.events.is_empty() {
+            self.user.sequence += self.events.len() as u64;
+            self.user.change_date = self.at;
+        }
         Changes {
             at: self.at,
             creator: self.creator,
@@ -608,6 +610,76 @@ impl Service {
             processed_sequence: snapshot.user.sequence,
             timestamp: snapshot.user.change_date,
         })
+    }
+}
+
+/// What `rekey` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Secrets now sealed under the active key.
+    pub resealed: u64,
+    /// Secrets that could not be opened (their key is not configured, or they are damaged).
+    pub failed: u64,
+}
+
+impl Service {
+    /// Re-seals every TOTP secret not yet under the active key, one transaction per user, so it
+    /// may run beside the service, be interrupted, and be run again (it only touches rows with
+    /// another key id). A secret that does not open is counted, logged and left as it is.
+    pub async fn rekey(&self) -> Result<RekeyReport, Error> {
+        const BATCH: u32 = 200;
+        let active = self.keys.active_key_id().to_owned();
+        let mut report = RekeyReport::default();
+        let mut after = String::new();
+        loop {
+            let batch = self
+                .store
+                .totp_sealed_with_other_key(&active, &after, BATCH)
+                .await?;
+            let Some(last) = batch.last() else {
+                return Ok(report);
+            };
+            after = last.clone();
+            for user_id in batch {
+                match self.reseal(&user_id).await {
+                    Ok(()) => report.resealed += 1,
+                    Err(err) => {
+                        tracing::warn!(user_id, error = %err, "could not re-seal a TOTP secret");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reseal(&self, user_id: &str) -> Result<(), Error> {
+        let service = self.clone();
+        let at = self.clock.now();
+        self.store
+            .update(
+                user_id,
+                Box::new(move |snapshot| {
+                    let snapshot = snapshot.ok_or(Error::Rejected(error::USER_NOT_FOUND))?;
+                    let mut draft = Draft::new(snapshot, at, "rekey".to_owned());
+                    if let Some(record) = draft.totp.clone()
+                        && record.secret.key_id != service.keys.active_key_id()
+                    {
+                        let secret = service.open_secret(&draft.user.user_id, &record)?;
+                        let sealed = service.keys.seal(
+                            &draft.user.user_id,
+                            &secret,
+                            &mut rand::thread_rng(),
+                        );
+                        draft.put_totp(TotpRecord {
+                            secret: sealed,
+                            ..record
+                        });
+                    }
+                    Ok(draft.finish())
+                }),
+            )
+            .await
+            .map(|_| ())
     }
 }
 

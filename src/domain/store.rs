@@ -71,6 +71,15 @@ pub trait Store: Send + Sync + 'static {
     /// Locks the user's row, lets `decide` choose the changes and commits them with their events.
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error>;
 
+    /// Up to `limit` ids of users, in id order after `after`, whose TOTP secret is sealed under a
+    /// key other than `key_id` (for re-sealing under a new key).
+    async fn totp_sealed_with_other_key(
+        &self,
+        key_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, Error>;
+
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), Error>;
 }

@@ -268,6 +268,27 @@ impl Store for SqlStore {
         committed(changes)
     }
 
+    async fn totp_sealed_with_other_key(
+        &self,
+        key_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT user_id FROM totp WHERE key_id <> $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(key_id.to_owned())
+        .bind(after.to_owned())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| classify("listing secrets to re-seal", e))?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("user_id"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify("reading user ids", e))
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
