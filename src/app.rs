@@ -95,6 +95,7 @@ pub async fn domain_service(config: &Config, clock: Arc<dyn Clock>) -> anyhow::R
         otp_issuer: config.otp_issuer.clone(),
         max_attempts: config.max_attempts,
         lockout_duration: (!config.lockout_duration.is_zero()).then_some(config.lockout_duration),
+        request_timeout: config.request_timeout,
     };
     Ok(Service::new(
         Arc::new(store),

@@ -134,6 +134,10 @@ pub struct Config {
     #[arg(long, env = "TOTP_LOCKOUT_DURATION", default_value = "5m", value_parser = parse_duration, global = true)]
     pub lockout_duration: Duration,
 
+    /// Longest a request may take before it is abandoned with code 4 (DEADLINE_EXCEEDED).
+    #[arg(long, env = "TOTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub request_timeout: Duration,
+
     /// Browser origins allowed by CORS (comma list; `*` for any).
     #[arg(long, env = "TOTP_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
@@ -202,6 +206,7 @@ impl fmt::Debug for Config {
             )
             .field("max_attempts", &self.max_attempts)
             .field("lockout_duration", &self.lockout_duration)
+            .field("request_timeout", &self.request_timeout)
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
             .field("db_max_connections", &self.db_max_connections)

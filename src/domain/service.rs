@@ -1,6 +1,7 @@
 //! One function per RPC. Each validates nothing itself (the types did), checks access, and hands
 //! the store a decision that runs inside the write transaction with the user's locked state.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ const ALREADY_LOCKED: Rejection = Rejection {
     id: "COMMAND-3NN8v",
     message: "User is already locked",
 };
+const TOO_SLOW: Rejection = Rejection {
+    code: error::Code::DeadlineExceeded,
+    id: "COMMAND-t1me0",
+    message: "The request took too long",
+};
 const NOT_LOCKED: Rejection = Rejection {
     code: error::Code::FailedPrecondition,
     id: "COMMAND-4M0ds",
@@ -51,6 +57,8 @@ pub struct Settings {
     pub max_attempts: u32,
     /// How long an automatic lock lasts; `None` means until UnlockUser.
     pub lockout_duration: Option<Duration>,
+    /// Longest a command may take before it is abandoned (its transaction rolls back) with code 4.
+    pub request_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -59,6 +67,7 @@ impl Default for Settings {
             otp_issuer: "totp-service".to_owned(),
             max_attempts: 5,
             lockout_duration: Some(Duration::from_secs(300)),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -205,7 +214,16 @@ impl Service {
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ready(&self) -> Result<(), Error> {
-        self.store.ping().await
+        self.bounded(self.store.ping()).await
+    }
+
+    /// Runs storage work within the request timeout. Dropping unfinished work rolls its
+    /// transaction back, so a timed-out command changes nothing (unless its commit had already
+    /// gone out, in which case it changed exactly what it decided).
+    async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        tokio::time::timeout(self.settings.request_timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(TOO_SLOW.into()))
     }
 
     /// Runs `decide` on an existing user inside a write transaction, after the access checks.
@@ -220,23 +238,20 @@ impl Service {
         let at = self.clock.now();
         let caller = caller.clone();
         let service = self.clone();
-        self.store
-            .update(
-                user_id.as_str(),
-                Box::new(move |snapshot| {
-                    let snapshot = existing(snapshot)?;
-                    access.check(
-                        &caller,
-                        &snapshot.user.user_id,
-                        &snapshot.user.resource_owner,
-                    )?;
-                    let mut draft = Draft::new(snapshot, at, caller.subject);
-                    match decide(&mut draft, &service)? {
-                        None => Ok(draft.finish()),
-                        Some(refusal) => Ok(draft.finish_failing(refusal)),
-                    }
-                }),
-            )
+        let decision = Box::new(move |snapshot: Option<Snapshot>| {
+            let snapshot = existing(snapshot)?;
+            access.check(
+                &caller,
+                &snapshot.user.user_id,
+                &snapshot.user.resource_owner,
+            )?;
+            let mut draft = Draft::new(snapshot, at, caller.subject);
+            match decide(&mut draft, &service)? {
+                None => Ok(draft.finish()),
+                Some(refusal) => Ok(draft.finish_failing(refusal)),
+            }
+        });
+        self.bounded(self.store.update(user_id.as_str(), decision))
             .await
     }
 
@@ -562,7 +577,7 @@ impl Service {
             draft.append(events::OTP_ADDED, json!({ "imported": true }));
             draft.append(events::OTP_VERIFIED, json!({ "imported": true }));
         }
-        let committed = self.store.insert_user(draft.finish()).await?;
+        let committed = self.bounded(self.store.insert_user(draft.finish())).await?;
         Ok((user_id, committed.details))
     }
 
@@ -574,7 +589,7 @@ impl Service {
         access: Access,
     ) -> Result<Snapshot, Error> {
         access.precheck(caller, user_id.as_str())?;
-        let snapshot = existing(self.store.load(user_id.as_str()).await?)?;
+        let snapshot = existing(self.bounded(self.store.load(user_id.as_str())).await?)?;
         access.check(
             caller,
             &snapshot.user.user_id,

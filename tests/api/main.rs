@@ -1,8 +1,12 @@
 //! The integration suite: every case runs against the real server over REST, gRPC and gRPC-web,
 //! on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
 
+mod abuse;
 mod cases;
 mod support;
+
+use abuse::*;
+use cases::*;
 
 /// Declares one test per case, for one backend and one protocol.
 macro_rules! matrix {
@@ -12,7 +16,7 @@ macro_rules! matrix {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    crate::cases::$case(Backend::$backend, Protocol::$protocol).await;
+                    crate::$case(Backend::$backend, Protocol::$protocol).await;
                 }
             )*
         }
@@ -61,6 +65,12 @@ every_protocol_and_backend!([
     wrong_codes_lock_the_user_after_max_attempts,
     lock_and_unlock_user,
     imported_secrets_make_a_ready_totp,
+    parallel_submissions_of_one_code_succeed_exactly_once,
+    parallel_wrong_codes_are_evaluated_exactly_max_attempts_times,
+    two_instances_on_one_database_count_exactly,
+    wrong_codes_on_verify_count_towards_the_lockout,
+    secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them,
+    requests_over_64_kib_are_refused,
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.

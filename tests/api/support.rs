@@ -53,6 +53,8 @@ pub struct Options {
     pub system_clock: bool,
     pub max_attempts: u32,
     pub lockout: Duration,
+    /// `TOTP_ENCRYPTION_KEYS`; `None` uses the key file in the data folder.
+    pub encryption_keys: Option<String>,
 }
 
 impl Options {
@@ -63,6 +65,7 @@ impl Options {
             system_clock: false,
             max_attempts: 5,
             lockout: Duration::from_secs(300),
+            encryption_keys: None,
         }
     }
 }
@@ -166,7 +169,7 @@ pub struct Harness {
     key: LocalSigningKey,
     http: reqwest::Client,
     channel: Option<tonic::transport::Channel>,
-    _data_dir: tempfile::TempDir,
+    data_dir: Arc<tempfile::TempDir>,
 }
 
 /// A random lowercase id with a prefix, unique across tests sharing one Postgres.
@@ -196,9 +199,10 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         token_audience: Some(AUDIENCE.to_owned()),
         roles_claim: ROLES_CLAIM.to_owned(),
         otp_issuer: OTP_ISSUER.to_owned(),
-        encryption_keys: None,
+        encryption_keys: options.encryption_keys.clone(),
         max_attempts: options.max_attempts,
         lockout_duration: options.lockout,
+        request_timeout: Duration::from_secs(10),
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
         db_max_connections: 4,
@@ -207,7 +211,21 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
 
 impl Harness {
     pub async fn start(options: Options) -> Harness {
-        let data_dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(options, Arc::new(tempfile::tempdir().expect("temp dir"))).await
+    }
+
+    /// A second instance beside this one: the same data folder (so the same SQLite file, signing
+    /// key and key file) and, for Postgres, the same database.
+    pub async fn start_beside(&self, options: Options) -> Harness {
+        Self::start_in(options, self.data_dir.clone()).await
+    }
+
+    /// The configuration this harness would use with `options`.
+    pub fn config(&self, options: &Options) -> Config {
+        config_for(options, self.data_dir.path())
+    }
+
+    async fn start_in(options: Options, data_dir: Arc<tempfile::TempDir>) -> Harness {
         let config = config_for(&options, data_dir.path());
         let clock = Arc::new(ManualClock::new(middle_of_current_step()));
         let service_clock: Arc<dyn Clock> = if options.system_clock {
@@ -239,7 +257,7 @@ impl Harness {
             key: LocalSigningKey::load_or_create(data_dir.path()).expect("local key"),
             http: reqwest::Client::builder().http1_only().build().unwrap(),
             channel,
-            _data_dir: data_dir,
+            data_dir,
         }
     }
 

@@ -1,0 +1,231 @@
+//! Abuse resistance under parallel load: no code accepted twice, exact lockout counting (also
+//! across two service instances on one database), key rotation, size limits.
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+
+use totp_service::crypto::KeyRing;
+use totp_service::domain::clock::SystemClock;
+
+use crate::support::*;
+
+/// Outcome counts of a burst of calls: successes and each refusal id.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    ok: usize,
+    refused: std::collections::BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn add<T>(&mut self, result: Result<T, ApiError>) {
+        match result {
+            Ok(_) => self.ok += 1,
+            Err(error) => {
+                let id = error
+                    .details
+                    .first()
+                    .map(|(id, _)| id.clone())
+                    .unwrap_or_else(|| format!("code {} {}", error.code, error.message));
+                *self.refused.entry(id).or_default() += 1;
+            }
+        }
+    }
+
+    fn refused(&self, id: &str) -> usize {
+        self.refused.get(id).copied().unwrap_or(0)
+    }
+}
+
+/// Sends `count` CheckTOTP calls at once, alternating over `instances`.
+async fn burst_of_checks(instances: &[Arc<Harness>], user_id: &str, codes: Vec<String>) -> Tally {
+    let mut calls = JoinSet::new();
+    for (index, code) in codes.into_iter().enumerate() {
+        let h = instances[index % instances.len()].clone();
+        let user_id = user_id.to_owned();
+        calls.spawn(async move { h.check_totp(&h.admin(), &user_id, &code).await.map(|_| ()) });
+    }
+    let mut tally = Tally::default();
+    while let Some(result) = calls.join_next().await {
+        tally.add(result.expect("call task"));
+    }
+    tally
+}
+
+fn options(backend: Backend, protocol: Protocol, max_attempts: u32) -> Options {
+    let mut options = Options::new(backend, protocol);
+    options.max_attempts = max_attempts;
+    options
+}
+
+fn a_wrong_code(h: &Harness, secret: &str) -> String {
+    let valid: Vec<String> = (-1..=1).map(|offset| h.code(secret, offset)).collect();
+    ["000000", "111111", "222222", "333333"]
+        .into_iter()
+        .find(|candidate| !valid.iter().any(|v| v == candidate))
+        .unwrap()
+        .to_owned()
+}
+
+pub async fn parallel_submissions_of_one_code_succeed_exactly_once(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let h = Arc::new(Harness::start(options(backend, protocol, 0)).await);
+    // Verify: one of 16 parallel verifications wins; the others find the TOTP already set up.
+    let (user, secret) = h.user_with_pending_totp().await;
+    let code = h.code(&secret, 0);
+    let mut calls = JoinSet::new();
+    for _ in 0..16 {
+        let (h, user_id, code) = (h.clone(), user.id.clone(), code.clone());
+        calls.spawn(async move { h.verify_totp(&h.admin(), &user_id, &code).await.map(|_| ()) });
+    }
+    let mut verify = Tally::default();
+    while let Some(result) = calls.join_next().await {
+        verify.add(result.unwrap());
+    }
+    assert_eq!(verify.ok, 1, "{verify:?}");
+    assert_eq!(verify.refused("COMMAND-qx4ls"), 15, "{verify:?}");
+
+    // Check: one of 24 parallel checks of the next step's code wins; the others are replays.
+    let next = h.code(&secret, 1);
+    let check = burst_of_checks(&[h.clone()], &user.id, vec![next; 24]).await;
+    assert_eq!(check.ok, 1, "{check:?}");
+    assert_eq!(check.refused("TOTP-Auw0a"), 23, "{check:?}");
+}
+
+pub async fn parallel_wrong_codes_are_evaluated_exactly_max_attempts_times(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let h = Arc::new(Harness::start(options(backend, protocol, 5)).await);
+    let (user, secret) = h.user_with_ready_totp().await;
+    let wrong = a_wrong_code(&h, &secret);
+    let tally = burst_of_checks(&[h.clone()], &user.id, vec![wrong; 64]).await;
+    assert_eq!(tally.ok, 0, "{tally:?}");
+    assert_eq!(tally.refused("EVENT-8isk2"), 5, "{tally:?}");
+    assert_eq!(tally.refused("COMMAND-SF3fg"), 59, "{tally:?}");
+    // register + verify = 3 events; 5 check.failed; 1 user.locked; nothing for the 59 refusals.
+    let shown = h.get_user(&h.admin(), &user.id).await.unwrap();
+    assert_eq!(shown.details.unwrap().sequence, 9);
+    // A right code is not evaluated while locked.
+    assert_eq!(
+        h.check_totp(&h.admin(), &user.id, &h.code(&secret, 1))
+            .await
+            .unwrap_err()
+            .details[0]
+            .0,
+        "COMMAND-SF3fg"
+    );
+}
+
+pub async fn two_instances_on_one_database_count_exactly(backend: Backend, protocol: Protocol) {
+    let first = Arc::new(Harness::start(options(backend, protocol, 5)).await);
+    let second = Arc::new(first.start_beside(options(backend, protocol, 5)).await);
+    let both = [first.clone(), second.clone()];
+
+    let (user, secret) = first.user_with_ready_totp().await;
+    let wrong = a_wrong_code(&first, &secret);
+    let tally = burst_of_checks(&both, &user.id, vec![wrong; 64]).await;
+    assert_eq!(tally.refused("EVENT-8isk2"), 5, "{tally:?}");
+    assert_eq!(tally.refused("COMMAND-SF3fg"), 59, "{tally:?}");
+
+    let (other, secret) = second.user_with_ready_totp().await;
+    let next = first.code(&secret, 1);
+    let tally = burst_of_checks(&both, &other.id, vec![next; 4]).await;
+    assert_eq!(tally.ok, 1, "{tally:?}");
+    assert_eq!(tally.refused("TOTP-Auw0a"), 3, "{tally:?}");
+}
+
+pub async fn wrong_codes_on_verify_count_towards_the_lockout(backend: Backend, protocol: Protocol) {
+    let h = Harness::start(options(backend, protocol, 2)).await;
+    let (user, secret) = h.user_with_pending_totp().await;
+    let wrong = a_wrong_code(&h, &secret);
+    for _ in 0..2 {
+        let error = h
+            .verify_totp(&h.admin(), &user.id, &wrong)
+            .await
+            .unwrap_err();
+        error.assert_rejected(3, "EVENT-8isk2", "Invalid code");
+    }
+    let error = h
+        .verify_totp(&h.admin(), &user.id, &h.code(&secret, 0))
+        .await
+        .unwrap_err();
+    error.assert_rejected(9, "COMMAND-SF3fg", "User is locked");
+    h.unlock_user(&h.admin(), &user.id).await.unwrap();
+    h.verify_totp(&h.admin(), &user.id, &h.code(&secret, 0))
+        .await
+        .unwrap();
+}
+
+pub async fn secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let key = |id: &str| KeyRing::generate_entry(&unique(id), &mut rand::thread_rng());
+    let (old, new) = (key("old"), key("new"));
+    let with_keys = |keys: String| {
+        let mut o = Options::new(backend, protocol);
+        o.encryption_keys = Some(keys);
+        o
+    };
+    let before = Harness::start(with_keys(old.clone())).await;
+    let (user, secret) = before.user_with_ready_totp().await;
+
+    // The old key is gone from the configuration: a clear refusal, not a panic or a 500.
+    let without_old = before.start_beside(with_keys(new.clone())).await;
+    let error = without_old
+        .check_totp(
+            &without_old.admin(),
+            &user.id,
+            &without_old.code(&secret, 1),
+        )
+        .await
+        .unwrap_err();
+    error.assert_rejected(
+        9,
+        "CRYPTO-k3y0f",
+        "The TOTP secret is sealed under a key that is not configured",
+    );
+
+    // Rotation: new key first, old still there; rekey re-seals under the new key, once.
+    let rotation = before.config(&with_keys(format!("{new},{old}")));
+    let service = totp_service::app::domain_service(&rotation, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let first = service.rekey().await.unwrap();
+    assert!(first.resealed >= 1, "{first:?}");
+    let second = service.rekey().await.unwrap();
+    assert_eq!(second.resealed, 0, "rekey is idempotent: {second:?}");
+
+    // Now the new key alone opens it.
+    without_old
+        .check_totp(
+            &without_old.admin(),
+            &user.id,
+            &without_old.code(&secret, 1),
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn requests_over_64_kib_are_refused(backend: Backend, protocol: Protocol) {
+    let h = Harness::start(Options::new(backend, protocol)).await;
+    let user = h.new_user().await;
+    let huge = "1".repeat(70 * 1024);
+    let error = h
+        .verify_totp(&h.admin(), &user.id, &huge)
+        .await
+        .unwrap_err();
+    match protocol {
+        Protocol::Rest => {
+            assert_eq!(error.code, 3, "{error:?}");
+            assert_eq!(error.http_status, Some(413), "{error:?}");
+        }
+        // RESOURCE_EXHAUSTED per the gRPC spec, or tonic's own OUT_OF_RANGE (SPEC.md §6).
+        _ => assert!(error.code == 8 || error.code == 11, "{error:?}"),
+    }
+    // The service is still fine.
+    h.get_user(&h.admin(), &user.id).await.unwrap();
+}
