@@ -89,7 +89,7 @@ pub async fn parallel_submissions_of_one_code_succeed_exactly_once(
 
     // Check: one of 24 parallel checks of the next step's code wins; the others are replays.
     let next = h.code(&secret, 1);
-    let check = burst_of_checks(&[h.clone()], &user.id, vec![next; 24]).await;
+    let check = burst_of_checks(std::slice::from_ref(&h), &user.id, vec![next; 24]).await;
     assert_eq!(check.ok, 1, "{check:?}");
     assert_eq!(check.refused("TOTP-Auw0a"), 23, "{check:?}");
 }
@@ -101,7 +101,7 @@ pub async fn parallel_wrong_codes_are_evaluated_exactly_max_attempts_times(
     let h = Arc::new(Harness::start(options(backend, protocol, 5)).await);
     let (user, secret) = h.user_with_ready_totp().await;
     let wrong = a_wrong_code(&h, &secret);
-    let tally = burst_of_checks(&[h.clone()], &user.id, vec![wrong; 64]).await;
+    let tally = burst_of_checks(std::slice::from_ref(&h), &user.id, vec![wrong; 64]).await;
     assert_eq!(tally.ok, 0, "{tally:?}");
     assert_eq!(tally.refused("EVENT-8isk2"), 5, "{tally:?}");
     assert_eq!(tally.refused("COMMAND-SF3fg"), 59, "{tally:?}");
