@@ -17,6 +17,8 @@ use tonic::server::NamedService;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::domain::{Error, Service as Domain};
 use crate::proto;
@@ -126,8 +128,14 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(api);
 
+    // One span per request with method, path (which holds the user id, never a secret or a
+    // code) and, when it ends, status and latency. Headers are not logged: they carry the token.
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
     Ok(rest
         .merge(grpc)
         .fallback(rest::not_found)
-        .layer(cors(cors_origins)))
+        .layer(cors(cors_origins))
+        .layer(trace))
 }

@@ -250,3 +250,88 @@ pub async fn list_authentication_method_types(
         auth_method_types: types,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! No input reaches a panic: arbitrary bytes through the protobuf and JSON decoders of every
+    //! request message, and arbitrary strings through validation and the code check.
+
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::domain::totp;
+
+    fn decodes_without_panic<T: Message + Default + serde::de::DeserializeOwned>(bytes: &[u8]) {
+        let _ = T::decode(bytes);
+        let _ = serde_json::from_slice::<T>(bytes);
+    }
+
+    fn every_request(bytes: &[u8]) {
+        decodes_without_panic::<user_pb::AddHumanUserRequest>(bytes);
+        decodes_without_panic::<user_pb::RegisterTotpRequest>(bytes);
+        decodes_without_panic::<user_pb::VerifyTotpRegistrationRequest>(bytes);
+        decodes_without_panic::<user_pb::RemoveTotpRequest>(bytes);
+        decodes_without_panic::<user_pb::GetUserByIdRequest>(bytes);
+        decodes_without_panic::<user_pb::DeleteUserRequest>(bytes);
+        decodes_without_panic::<user_pb::LockUserRequest>(bytes);
+        decodes_without_panic::<user_pb::ListAuthenticationMethodTypesRequest>(bytes);
+        decodes_without_panic::<totp_pb::CheckTotpRequest>(bytes);
+    }
+
+    /// JSON-shaped text built from the request's own keys, so the decoder goes past the first byte.
+    fn json_like() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "userId",
+            "user_id",
+            "code",
+            "organization",
+            "orgId",
+            "org_domain",
+            "profile",
+            "givenName",
+            "gender",
+            "email",
+            "isVerified",
+            "sendCode",
+            "totpSecret",
+            "username",
+        ]);
+        let value = prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            "\\PC{0,12}".prop_map(|s| serde_json::Value::String(s).to_string()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("{}".to_owned()),
+            Just("[]".to_owned()),
+            Just(r#"{"orgId":"x","orgDomain":"y"}"#.to_owned()),
+            Just(r#""GENDER_FEMALE""#.to_owned()),
+            Just("1e999".to_owned()),
+        ];
+        prop::collection::vec((key, value), 0..6).prop_map(|pairs| {
+            let body: Vec<String> = pairs.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            every_request(&bytes);
+        }
+
+        #[test]
+        fn json_shaped_bodies_never_panic_the_decoders(body in json_like()) {
+            every_request(body.as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_codes_and_times_never_panic_the_check(code in "\\PC{0,12}", seconds in any::<i64>()) {
+            let secret = totp::Secret::from_bytes(vec![7; 20]);
+            let _ = totp::matching_step(&secret, &code, seconds, totp::DIGITS, totp::PERIOD);
+            let _ = TotpCode::parse(&code, "CheckTOTPRequest");
+            let _ = UserId::parse(&code, "CheckTOTPRequest");
+            let _ = totp::Secret::from_base32(&code);
+        }
+    }
+}

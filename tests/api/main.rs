@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cases;
+mod logs;
 mod support;
 
 use abuse::*;
