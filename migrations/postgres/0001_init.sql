@@ -13,7 +13,9 @@ CREATE TABLE users (
     created_at      BIGINT NOT NULL,
     change_date     BIGINT NOT NULL,
     failed_attempts BIGINT NOT NULL DEFAULT 0,
-    locked_until    BIGINT
+    locked_until    BIGINT,
+    -- Bumped by every write; a write applies only if it is unchanged since the read it decided on.
+    version         BIGINT NOT NULL DEFAULT 0
 );
 
 CREATE TABLE totp (

@@ -13,7 +13,9 @@ CREATE TABLE users (
     created_at      INTEGER NOT NULL,
     change_date     INTEGER NOT NULL,
     failed_attempts INTEGER NOT NULL DEFAULT 0,
-    locked_until    INTEGER
+    locked_until    INTEGER,
+    -- Bumped by every write; a write applies only if it is unchanged since the read it decided on.
+    version         INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE totp (

@@ -232,7 +232,10 @@ impl Service {
         caller: &Caller,
         user_id: &UserId,
         access: Access,
-        decide: impl FnOnce(&mut Draft, &Service) -> Result<Option<Rejection>, Error> + Send + 'static,
+        decide: impl Fn(&mut Draft, &Service) -> Result<Option<Rejection>, Error>
+        + Send
+        + Sync
+        + 'static,
     ) -> Result<Committed, Error> {
         access.precheck(caller, user_id.as_str())?;
         let at = self.clock.now();
@@ -245,7 +248,7 @@ impl Service {
                 &snapshot.user.user_id,
                 &snapshot.user.resource_owner,
             )?;
-            let mut draft = Draft::new(snapshot, at, caller.subject);
+            let mut draft = Draft::new(snapshot, at, caller.subject.clone());
             match decide(&mut draft, &service)? {
                 None => Ok(draft.finish()),
                 Some(refusal) => Ok(draft.finish_failing(refusal)),
@@ -280,7 +283,7 @@ impl Service {
                     }
                     draft.put_totp(TotpRecord {
                         state: TotpState::Pending,
-                        secret: sealed,
+                        secret: sealed.clone(),
                         digits: totp::DIGITS,
                         period: totp::PERIOD,
                         last_used_step: None,
@@ -551,6 +554,7 @@ impl Service {
             change_date: at,
             failed_attempts: 0,
             locked_until: None,
+            version: 0,
         };
         let mut draft = Draft {
             user,

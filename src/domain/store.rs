@@ -1,6 +1,9 @@
 //! The storage port: what the domain needs from a database, and nothing of SQL. An adapter in
-//! `crate::store` implements it; every write happens in one transaction that locks the user's row,
-//! hands the current state to the domain's decision, and stores the outcome with its events.
+//! `crate::store` implements it. A write reads the user's state, hands it to the domain's
+//! decision, and stores the outcome with its events atomically, on the condition that the user's
+//! row is still the version the decision saw; if another write came first, it reads and decides
+//! again. So every decision (replay, lockout count) holds against parallel requests and several
+//! service instances, without holding a lock while the domain thinks.
 
 use async_trait::async_trait;
 
@@ -54,9 +57,10 @@ pub struct Committed {
     pub user: UserRecord,
 }
 
-/// The domain's decision, run inside the write transaction with the locked current state
-/// (`None` when the user does not exist). An `Err` rolls the transaction back.
-pub type Decide = Box<dyn FnOnce(Option<Snapshot>) -> Result<Changes, Error> + Send>;
+/// The domain's decision on the current state (`None` when the user does not exist). An `Err`
+/// is answered without writing anything. It may run more than once (after a lost race), so it
+/// must depend only on the state it is given.
+pub type Decide = Box<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
 
 /// Storage for users, their TOTP credentials and their event log.
 #[async_trait]
@@ -68,7 +72,8 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a user and its TOTP without locking.
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error>;
 
-    /// Locks the user's row, lets `decide` choose the changes and commits them with their events.
+    /// Reads the user, lets `decide` choose the changes and writes them with their events, all or
+    /// nothing, if the user's row is unchanged since the read; else reads and decides again.
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error>;
 
     /// Up to `limit` ids of users, in id order after `after`, whose TOTP secret is sealed under a

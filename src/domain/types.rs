@@ -179,6 +179,8 @@ pub struct UserRecord {
     pub failed_attempts: u32,
     /// End of an automatic lock; `None` while locked means until UnlockUser.
     pub locked_until: Option<Timestamp>,
+    /// The row's version, bumped by the store on every write (optimistic concurrency).
+    pub version: u64,
 }
 
 impl UserRecord {

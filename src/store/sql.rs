@@ -1,10 +1,18 @@
-//! The SQL behind the storage port, for Postgres and SQLite alike. Each write is one transaction:
-//! lock the user's row (Postgres `SELECT … FOR UPDATE`, SQLite `BEGIN IMMEDIATE`), let the domain
-//! decide, append its events, store the new user and TOTP rows, commit.
+//! The SQL behind the storage port, for Postgres and SQLite alike.
+//!
+//! A write is optimistic: read the user (one statement), let the domain decide, then write the
+//! user row, the events and the TOTP row all or nothing, on the condition that the row's
+//! `version` is still the one read. On Postgres that write is a single statement (data-modifying
+//! CTEs), so a command costs two round trips and holds no lock while the domain decides; SQLite,
+//! which lacks them, writes in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides
+//! again, so the decision always rests on the state it changes.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use rand::Rng;
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction, query::Query};
+use sqlx::{Any, AnyPool, Row, query::Query};
 
 use super::{Dialect, classify};
 use crate::domain::clock::Timestamp;
@@ -20,121 +28,61 @@ pub struct SqlStore {
     dialect: Dialect,
 }
 
+type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
+
 const SELECT_SNAPSHOT: &str = "SELECT u.user_id, u.resource_owner, u.username, u.email, \
      u.email_verified, u.profile, u.state, u.sequence, u.created_at, u.change_date, \
-     u.failed_attempts, u.locked_until, t.state AS totp_state, t.key_id, t.secret_sealed, \
-     t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
+     u.failed_attempts, u.locked_until, u.version, t.state AS totp_state, t.key_id, \
+     t.secret_sealed, t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
      FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = $1";
-
-const UPDATE_USER: &str = "UPDATE users SET state = $2, sequence = $3, change_date = $4, \
-     failed_attempts = $5, locked_until = $6 WHERE user_id = $1";
-
-const UPSERT_TOTP: &str = "INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, \
-     period, last_used_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-     ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, key_id = excluded.key_id, \
-     secret_sealed = excluded.secret_sealed, digits = excluded.digits, period = excluded.period, \
-     last_used_step = excluded.last_used_step, created_at = excluded.created_at";
 
 const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
      email_verified, profile, state, sequence, created_at, change_date, failed_attempts, \
-     locked_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+     locked_until, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0) \
      ON CONFLICT (user_id) DO NOTHING";
 
-impl SqlStore {
-    pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
-        SqlStore { pool, dialect }
-    }
+/// Updates the user row if its version is `$7`; binds as [`bind_user_update`].
+const UPDATE_USER_IF_UNCHANGED: &str = "UPDATE users SET state = $2, sequence = $3, \
+     change_date = $4, failed_attempts = $5, locked_until = $6, version = version + 1 \
+     WHERE user_id = $1 AND version = $7";
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
+const TOTP_COLUMNS: &str =
+    "user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at";
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
+const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, \
+     key_id = excluded.key_id, secret_sealed = excluded.secret_sealed, digits = excluded.digits, \
+     period = excluded.period, last_used_step = excluded.last_used_step, \
+     created_at = excluded.created_at";
 
-    /// Starts a transaction that will write: SQLite takes its write lock now, so that the read
-    /// that follows cannot go stale before the write (a deferred transaction would fail to upgrade).
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, Error> {
-        let begun = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
-        };
-        begun.map_err(|e| classify("beginning a transaction", e))
-    }
+const EVENT_COLUMNS: &str =
+    "user_id, sequence, event_type, payload, resource_owner, creator, created_at";
 
-    fn select_for_update(&self) -> String {
-        match self.dialect {
-            Dialect::Postgres => format!("{SELECT_SNAPSHOT} FOR UPDATE OF u"),
-            Dialect::Sqlite => SELECT_SNAPSHOT.to_owned(),
-        }
-    }
-
-    /// Appends the events and writes the rows of `changes`.
-    async fn write(tx: &mut Transaction<'static, Any>, changes: &Changes) -> Result<(), Error> {
-        let user = &changes.user;
-        if !changes.events.is_empty() {
-            let first = user.sequence - changes.events.len() as u64 + 1;
-            let mut sql = String::from(
-                "INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) VALUES ",
-            );
-            for index in 0..changes.events.len() {
-                let base = index * 7;
-                if index > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5,
-                    base + 6,
-                    base + 7
-                ));
-            }
-            let mut insert = sqlx::query(&sql);
-            for (offset, event) in changes.events.iter().enumerate() {
-                insert = insert
-                    .bind(user.user_id.clone())
-                    .bind((first + offset as u64) as i64)
-                    .bind(event.event_type)
-                    .bind(event.payload.to_string())
-                    .bind(user.resource_owner.clone())
-                    .bind(changes.creator.clone())
-                    .bind(changes.at.0);
-            }
-            insert
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| classify("appending events", e))?;
-        }
-        match &changes.totp {
-            TotpChange::Keep => {}
-            TotpChange::Put(totp) => {
-                bind_totp(sqlx::query(UPSERT_TOTP), &user.user_id, totp)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| classify("storing the TOTP", e))?;
-            }
-            TotpChange::Delete => {
-                sqlx::query("DELETE FROM totp WHERE user_id = $1")
-                    .bind(user.user_id.clone())
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(|e| classify("removing the TOTP", e))?;
-            }
-        }
-        Ok(())
-    }
+/// `($n, $n+1, …)` for `count` parameters starting at `first`, each with an optional cast.
+fn placeholders(first: usize, casts: &[&str]) -> String {
+    let list: Vec<String> = casts
+        .iter()
+        .enumerate()
+        .map(|(i, cast)| format!("${}{cast}", first + i))
+        .collect();
+    format!("({})", list.join(", "))
 }
 
-fn bind_totp<'q>(
-    query: Query<'q, Any, AnyArguments<'q>>,
-    user_id: &str,
-    totp: &TotpRecord,
-) -> Query<'q, Any, AnyArguments<'q>> {
+fn bind_user_update<'q>(
+    query: AnyQuery<'q>,
+    user: &UserRecord,
+    expected_version: u64,
+) -> AnyQuery<'q> {
+    query
+        .bind(user.user_id.clone())
+        .bind(user.state.as_str())
+        .bind(user.sequence as i64)
+        .bind(user.change_date.0)
+        .bind(i64::from(user.failed_attempts))
+        .bind(user.locked_until.map(|t| t.0))
+        .bind(expected_version as i64)
+}
+
+fn bind_totp<'q>(query: AnyQuery<'q>, user_id: &str, totp: &TotpRecord) -> AnyQuery<'q> {
     query
         .bind(user_id.to_owned())
         .bind(totp.state.as_str())
@@ -144,6 +92,72 @@ fn bind_totp<'q>(
         .bind(i64::from(totp.period))
         .bind(totp.last_used_step)
         .bind(totp.created_at.0)
+}
+
+fn bind_events<'q>(mut query: AnyQuery<'q>, changes: &Changes) -> AnyQuery<'q> {
+    let user = &changes.user;
+    let first = user.sequence - changes.events.len() as u64 + 1;
+    for (offset, event) in changes.events.iter().enumerate() {
+        query = query
+            .bind(user.user_id.clone())
+            .bind((first + offset as u64) as i64)
+            .bind(event.event_type)
+            .bind(event.payload.to_string())
+            .bind(user.resource_owner.clone())
+            .bind(changes.creator.clone())
+            .bind(changes.at.0);
+    }
+    query
+}
+
+/// `INSERT INTO events … VALUES (…), (…)` for `count` events, parameters from `first`.
+fn insert_events_sql(count: usize, first: usize) -> String {
+    let rows: Vec<String> = (0..count)
+        .map(|i| placeholders(first + i * 7, &[""; 7]))
+        .collect();
+    format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
+        rows.join(", ")
+    )
+}
+
+/// The Postgres single-statement write: the user update decides whether anything happens; the
+/// event inserts and the TOTP change only act on the row it returned. Answers 1 row if written.
+fn postgres_write_sql(changes: &Changes) -> String {
+    let events = changes.events.len();
+    let mut sql = format!("WITH u AS ({UPDATE_USER_IF_UNCHANGED} RETURNING user_id)");
+    let mut next = 8;
+    if events > 0 {
+        let casts = [
+            "::text", "::bigint", "::text", "::text", "::text", "::text", "::bigint",
+        ];
+        let rows: Vec<String> = (0..events)
+            .map(|i| placeholders(next + i * 7, &casts))
+            .collect();
+        sql.push_str(&format!(
+            ", e AS (INSERT INTO events ({EVENT_COLUMNS}) SELECT v.* FROM u, (VALUES {}) AS v({EVENT_COLUMNS}))",
+            rows.join(", ")
+        ));
+        next += events * 7;
+    }
+    match &changes.totp {
+        TotpChange::Keep => {}
+        TotpChange::Put(_) => {
+            let casts = [
+                "::text", "::text", "::text", "::bytea", "::bigint", "::bigint", "::bigint",
+                "::bigint",
+            ];
+            let values = placeholders(next, &casts);
+            sql.push_str(&format!(
+                ", t AS (INSERT INTO totp ({TOTP_COLUMNS}) SELECT v.* FROM u, (VALUES {values}) AS v({TOTP_COLUMNS}) {TOTP_ON_CONFLICT})"
+            ));
+        }
+        TotpChange::Delete => {
+            sql.push_str(", t AS (DELETE FROM totp WHERE user_id IN (SELECT user_id FROM u))");
+        }
+    }
+    sql.push_str(" SELECT user_id FROM u");
+    sql
 }
 
 fn committed(changes: Changes) -> Result<Committed, Error> {
@@ -177,6 +191,7 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
         locked_until: row
             .try_get::<Option<i64>, _>("locked_until")?
             .map(Timestamp),
+        version: row.try_get::<i64, _>("version")? as u64,
     };
     let totp = match row.try_get::<Option<String>, _>("totp_state")? {
         None => None,
@@ -195,13 +210,120 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
     Ok(Snapshot { user, totp })
 }
 
+impl SqlStore {
+    pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
+        SqlStore { pool, dialect }
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
+    async fn write_if_unchanged(
+        &self,
+        changes: &Changes,
+        expected_version: u64,
+    ) -> Result<bool, Error> {
+        match self.dialect {
+            Dialect::Postgres => self.write_postgres(changes, expected_version).await,
+            Dialect::Sqlite => self.write_sqlite(changes, expected_version).await,
+        }
+    }
+
+    async fn write_postgres(
+        &self,
+        changes: &Changes,
+        expected_version: u64,
+    ) -> Result<bool, Error> {
+        let sql = postgres_write_sql(changes);
+        let mut query = bind_user_update(sqlx::query(&sql), &changes.user, expected_version);
+        query = bind_events(query, changes);
+        if let TotpChange::Put(totp) = &changes.totp {
+            query = bind_totp(query, &changes.user.user_id, totp);
+        }
+        let written = query
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| classify("writing a user's change", e))?;
+        Ok(written.is_some())
+    }
+
+    async fn write_sqlite(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
+        let user = &changes.user;
+        // BEGIN IMMEDIATE takes the write lock at once: the version check and the writes after it
+        // cannot interleave with another writer.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| classify("beginning a transaction", e))?;
+        let updated = bind_user_update(
+            sqlx::query(UPDATE_USER_IF_UNCHANGED),
+            user,
+            expected_version,
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("updating a user", e))?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if !changes.events.is_empty() {
+            let sql = insert_events_sql(changes.events.len(), 1);
+            bind_events(sqlx::query(&sql), changes)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify("appending events", e))?;
+        }
+        match &changes.totp {
+            TotpChange::Keep => {}
+            TotpChange::Put(totp) => {
+                let sql = format!(
+                    "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
+                    placeholders(1, &[""; 8])
+                );
+                bind_totp(sqlx::query(&sql), &user.user_id, totp)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify("storing the TOTP", e))?;
+            }
+            TotpChange::Delete => {
+                sqlx::query("DELETE FROM totp WHERE user_id = $1")
+                    .bind(user.user_id.clone())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify("removing the TOTP", e))?;
+            }
+        }
+        tx.commit().await.map_err(|e| classify("committing", e))?;
+        Ok(true)
+    }
+}
+
+/// A short random pause after a lost race, growing with the attempts, so that writers on one
+/// user do not collide again in lockstep.
+async fn back_off(attempt: u32) {
+    let ceiling_micros = 200 * u64::from(attempt.min(20)) + 100;
+    let pause = rand::thread_rng().gen_range(0..ceiling_micros);
+    tokio::time::sleep(Duration::from_micros(pause)).await;
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn insert_user(&self, changes: Changes) -> Result<Committed, Error> {
         let user = &changes.user;
         let profile = serde_json::to_string(&user.profile)
             .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
-        let mut tx = self.begin_write().await?;
+        let begun = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        };
+        let mut tx = begun.map_err(|e| classify("beginning a transaction", e))?;
         let inserted = sqlx::query(INSERT_USER)
             .bind(user.user_id.clone())
             .bind(user.resource_owner.clone())
@@ -221,7 +343,21 @@ impl Store for SqlStore {
         if inserted.rows_affected() == 0 {
             return Err(error::USER_ALREADY_EXISTS.into());
         }
-        Self::write(&mut tx, &changes).await?;
+        let sql = insert_events_sql(changes.events.len(), 1);
+        bind_events(sqlx::query(&sql), &changes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| classify("appending events", e))?;
+        if let TotpChange::Put(totp) = &changes.totp {
+            let sql = format!(
+                "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {}",
+                placeholders(1, &[""; 8])
+            );
+            bind_totp(sqlx::query(&sql), &user.user_id, totp)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify("storing the TOTP", e))?;
+        }
         tx.commit().await.map_err(|e| classify("committing", e))?;
         committed(changes)
     }
@@ -239,33 +375,23 @@ impl Store for SqlStore {
     }
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
-        let mut tx = self.begin_write().await?;
-        let row = sqlx::query(&self.select_for_update())
-            .bind(user_id.to_owned())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(|e| classify("locking a user", e))?;
-        let snapshot = row
-            .as_ref()
-            .map(snapshot_from_row)
-            .transpose()
-            .map_err(|e| classify("reading a user row", e))?;
-        // An Err here drops the transaction, which rolls it back.
-        let changes = decide(snapshot)?;
-        let user = &changes.user;
-        sqlx::query(UPDATE_USER)
-            .bind(user.user_id.clone())
-            .bind(user.state.as_str())
-            .bind(user.sequence as i64)
-            .bind(user.change_date.0)
-            .bind(i64::from(user.failed_attempts))
-            .bind(user.locked_until.map(|t| t.0))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("updating a user", e))?;
-        Self::write(&mut tx, &changes).await?;
-        tx.commit().await.map_err(|e| classify("committing", e))?;
-        committed(changes)
+        // Bounded by the caller's request timeout; each lost race means another writer succeeded.
+        for attempt in 0u32.. {
+            let snapshot = self.load(user_id).await?;
+            let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
+                // The domain refuses a missing user; changes for one would be a domain bug.
+                decide(None)?;
+                return Err(Error::Internal(format!(
+                    "changes decided for missing user {user_id}"
+                )));
+            };
+            let changes = decide(snapshot)?;
+            if self.write_if_unchanged(&changes, expected_version).await? {
+                return committed(changes);
+            }
+            back_off(attempt).await;
+        }
+        unreachable!("the retry loop only ends by returning")
     }
 
     async fn totp_sealed_with_other_key(
