@@ -8,12 +8,14 @@
 //! - [`store`]: Postgres and SQLite behind the domain's storage port.
 //! - [`crypto`]: sealing TOTP secrets at rest.
 //! - [`proto`]: the generated protobuf types.
+//! - [`grpc_web`]: gRPC-web framing for clients (tests, load generator).
 
 pub mod app;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod files;
+pub mod grpc_web;
 pub mod proto;
 pub mod store;
 pub mod transport;

@@ -42,6 +42,12 @@ const TOO_SLOW: Rejection = Rejection {
     id: "COMMAND-t1me0",
     message: "The request took too long",
 };
+/// Internal to `rekey`: the secret is gone or already under the active key (never sent).
+const NOTHING_TO_RESEAL: Rejection = Rejection {
+    code: error::Code::FailedPrecondition,
+    id: "REKEY-n0th1",
+    message: "Nothing to re-seal",
+};
 const NOT_LOCKED: Rejection = Rejection {
     code: error::Code::FailedPrecondition,
     id: "COMMAND-4M0ds",
@@ -662,6 +668,8 @@ impl Service {
             for user_id in batch {
                 match self.reseal(&user_id).await {
                     Ok(()) => report.resealed += 1,
+                    // Changed since it was listed (removed, or sealed anew): nothing to do.
+                    Err(Error::Rejected(NOTHING_TO_RESEAL)) => {}
                     Err(err) => {
                         tracing::warn!(user_id, error = %err, "could not re-seal a TOTP secret");
                         report.failed += 1;
@@ -671,32 +679,29 @@ impl Service {
         }
     }
 
+    /// Re-seals one user's secret under the active key, or refuses with [`NOTHING_TO_RESEAL`].
     async fn reseal(&self, user_id: &str) -> Result<(), Error> {
         let service = self.clone();
         let at = self.clock.now();
-        self.store
-            .update(
-                user_id,
-                Box::new(move |snapshot| {
-                    let snapshot = snapshot.ok_or(Error::Rejected(error::USER_NOT_FOUND))?;
-                    let mut draft = Draft::new(snapshot, at, "rekey".to_owned());
-                    if let Some(record) = draft.totp.clone()
-                        && record.secret.key_id != service.keys.active_key_id()
-                    {
-                        let secret = service.open_secret(&draft.user.user_id, &record)?;
-                        let sealed = service.keys.seal(
-                            &draft.user.user_id,
-                            &secret,
-                            &mut rand::thread_rng(),
-                        );
-                        draft.put_totp(TotpRecord {
-                            secret: sealed,
-                            ..record
-                        });
-                    }
-                    Ok(draft.finish())
-                }),
-            )
+        let decision = Box::new(move |snapshot: Option<Snapshot>| {
+            let snapshot = snapshot.ok_or(Error::Rejected(NOTHING_TO_RESEAL))?;
+            let mut draft = Draft::new(snapshot, at, "rekey".to_owned());
+            let record = draft
+                .totp
+                .clone()
+                .filter(|record| record.secret.key_id != service.keys.active_key_id())
+                .ok_or(Error::Rejected(NOTHING_TO_RESEAL))?;
+            let secret = service.open_secret(&draft.user.user_id, &record)?;
+            let sealed = service
+                .keys
+                .seal(&draft.user.user_id, &secret, &mut rand::thread_rng());
+            draft.put_totp(TotpRecord {
+                secret: sealed,
+                ..record
+            });
+            Ok(draft.finish())
+        });
+        self.bounded(self.store.update(user_id, decision))
             .await
             .map(|_| ())
     }

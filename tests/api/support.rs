@@ -679,13 +679,10 @@ impl Harness {
         Req: Message,
         Resp: Message + Default,
     {
-        let message = request.encode_to_vec();
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-        body.extend_from_slice(&message);
+        let body = totp_service::grpc_web::frame(&request.encode_to_vec());
         let (status, headers, bytes) = self.grpc_web_raw(method, auth, body).await;
         assert_eq!(status, 200, "gRPC-web answers HTTP 200");
-        let (messages, trailers) = parse_grpc_web_body(&bytes);
+        let (messages, trailers) = totp_service::grpc_web::parse_body(&bytes);
         let field = |name: &str| {
             trailers
                 .iter()
@@ -834,28 +831,6 @@ fn decode_status_details(bytes: &[u8]) -> Vec<(String, String)> {
             (detail.id, detail.message)
         })
         .collect()
-}
-
-/// Splits a gRPC-web body into its messages and its trailer fields.
-pub fn parse_grpc_web_body(mut bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<(String, String)>) {
-    let mut messages = vec![];
-    let mut trailers = vec![];
-    while bytes.len() >= 5 {
-        let flag = bytes[0];
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        let frame = &bytes[5..5 + len];
-        if flag & 0x80 != 0 {
-            for line in String::from_utf8_lossy(frame).split("\r\n") {
-                if let Some((key, value)) = line.split_once(':') {
-                    trailers.push((key.trim().to_ascii_lowercase(), value.trim().to_owned()));
-                }
-            }
-        } else {
-            messages.push(frame.to_vec());
-        }
-        bytes = &bytes[5 + len..];
-    }
-    (messages, trailers)
 }
 
 fn percent_decode(text: &str) -> String {

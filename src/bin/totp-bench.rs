@@ -1,0 +1,768 @@
+//! The load generator. It provisions users through the public API (ready TOTPs by importing a
+//! secret with AddHumanUser, pending ones with RegisterTOTP, locked ones with LockUser), then
+//! drives each scenario over REST, gRPC and gRPC-web at each concurrency for a fixed time and
+//! prints requests/s, latency percentiles and the count of every outcome; an outcome other than
+//! the scenario's expected one is counted as unexpected. `ceiling-sqlite` measures the SQLite
+//! ceiling: a loop of the service's own write transaction, without the service.
+//!
+//! Usually run by `scripts/bench.sh`, which starts the database and the service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::uri::PathAndQuery;
+use prost::Message;
+use rand::RngCore;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+
+use totp_service::config::parse_duration;
+use totp_service::domain::clock::{Clock, SystemClock};
+use totp_service::domain::totp::{self, Algorithm, Secret};
+use totp_service::grpc_web;
+use totp_service::proto::google::rpc::Status as RpcStatus;
+use totp_service::proto::totpservice::v1 as totp_pb;
+use totp_service::proto::zitadel::object::v2 as object_pb;
+use totp_service::proto::zitadel::user::v2 as user_pb;
+use totp_service::proto::zitadel::v1::ErrorDetail;
+
+#[derive(Parser)]
+#[command(about = "Load generator for totp-service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive the scenarios against a running service.
+    Run(RunArgs),
+    /// Measure the SQLite ceiling: the service's write transaction in a loop, no service.
+    CeilingSqlite(CeilingArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Base URL of the service.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// A token holding user.write, user.credential.write and session.write everywhere.
+    #[arg(long, env = "TOTP_BENCH_TOKEN")]
+    token: String,
+    /// Length of each measured run.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "rest,grpc,grpc-web"
+    )]
+    protocols: Vec<Protocol>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "check-valid,check-wrong,check-locked,verify"
+    )]
+    scenarios: Vec<Scenario>,
+    /// Users in the pools that are used round-robin (wrong codes, locked users).
+    #[arg(long, default_value_t = 2000)]
+    pool: usize,
+    /// Process id of the service, to report its CPU time and peak memory.
+    #[arg(long)]
+    service_pid: Option<u32>,
+    /// Print one JSON object per run instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct CeilingArgs {
+    /// SQLite file to create (its folder must exist).
+    #[arg(long)]
+    path: std::path::PathBuf,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    concurrency: Vec<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Protocol {
+    Rest,
+    Grpc,
+    GrpcWeb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Scenario {
+    /// CheckTOTP with valid codes, each user's time step used once.
+    CheckValid,
+    /// CheckTOTP with wrong codes (run the service with a lockout above what a run reaches).
+    CheckWrong,
+    /// CheckTOTP against locked users.
+    CheckLocked,
+    /// VerifyTOTPRegistration of pending registrations.
+    Verify,
+}
+
+impl Scenario {
+    fn expected(self) -> &'static str {
+        match self {
+            Scenario::CheckValid | Scenario::Verify => "ok",
+            Scenario::CheckWrong => "EVENT-8isk2",
+            Scenario::CheckLocked => "COMMAND-SF3fg",
+        }
+    }
+}
+
+/// What one measured run gave.
+#[derive(Serialize)]
+struct Report {
+    scenario: Scenario,
+    protocol: Protocol,
+    concurrency: usize,
+    requests: usize,
+    seconds: f64,
+    rps: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    outcomes: BTreeMap<String, usize>,
+    unexpected: usize,
+    cpu_ms_per_1k: Option<f64>,
+    peak_rss_mib: Option<f64>,
+}
+
+/// A user with a known secret.
+#[derive(Clone)]
+struct BenchUser {
+    id: String,
+    secret: Secret,
+}
+
+fn code_at(secret: &Secret, offset: i64) -> String {
+    let step = totp::step_at(SystemClock.now().unix_seconds(), totp::PERIOD) + offset;
+    totp::code_for_step(secret, step, totp::DIGITS, Algorithm::Sha1)
+}
+
+/// A code that matches no step of the accepted window.
+fn wrong_code(secret: &Secret) -> String {
+    let window: Vec<String> = (-1..=1).map(|o| code_at(secret, o)).collect();
+    (5..)
+        .map(|o| code_at(secret, o))
+        .find(|c| !window.contains(c))
+        .expect("some step differs")
+}
+
+// ---- clients ----------------------------------------------------------------------------------
+
+/// One protocol's client, shared by the workers of a run.
+#[derive(Clone)]
+struct Client {
+    protocol: Protocol,
+    base: String,
+    bearer: String,
+    http: reqwest::Client,
+    channels: Vec<tonic::transport::Channel>,
+}
+
+/// The answer to a call: `Ok` or the refusal's error id (or `code N` without one).
+type Outcome<T> = Result<T, String>;
+
+impl Client {
+    async fn new(protocol: Protocol, base: &str, token: &str) -> anyhow::Result<Self> {
+        let mut channels = vec![];
+        if protocol == Protocol::Grpc {
+            // A few HTTP/2 connections, so one connection's task is not the bottleneck.
+            for _ in 0..4 {
+                channels.push(
+                    tonic::transport::Endpoint::from_shared(base.to_owned())?
+                        .connect()
+                        .await?,
+                );
+            }
+        }
+        Ok(Client {
+            protocol,
+            base: base.trim_end_matches('/').to_owned(),
+            bearer: format!("Bearer {token}"),
+            http: reqwest::Client::builder()
+                .http1_only()
+                .pool_max_idle_per_host(256)
+                .build()?,
+            channels,
+        })
+    }
+
+    async fn call<Req, Resp>(
+        &self,
+        worker: usize,
+        method: &str,
+        rest_path: &str,
+        request: Req,
+    ) -> Outcome<Resp>
+    where
+        Req: Message + Serialize + Send + Sync + 'static,
+        Resp: Message + Default + DeserializeOwned + Send + Sync + 'static,
+    {
+        match self.protocol {
+            Protocol::Rest => {
+                let response = self
+                    .http
+                    .post(format!("{}{rest_path}", self.base))
+                    .header("authorization", &self.bearer)
+                    .json(&request)
+                    .send()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let ok = response.status().is_success();
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                if ok {
+                    serde_json::from_slice(&bytes).map_err(|e| format!("bad body: {e}"))
+                } else {
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&bytes).unwrap_or_default();
+                    Err(body["details"][0]["id"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("code {}", body["code"])))
+                }
+            }
+            Protocol::Grpc => {
+                let channel = self.channels[worker % self.channels.len()].clone();
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.map_err(|e| format!("transport: {e}"))?;
+                let mut request = tonic::Request::new(request);
+                request
+                    .metadata_mut()
+                    .insert("authorization", self.bearer.parse().expect("ASCII token"));
+                let path = PathAndQuery::try_from(format!("/{method}")).expect("valid path");
+                grpc.unary(
+                    request,
+                    path,
+                    tonic_prost::ProstCodec::<Req, Resp>::default(),
+                )
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| {
+                    detail_id(status.details())
+                        .unwrap_or_else(|| format!("code {}", status.code() as i32))
+                })
+            }
+            Protocol::GrpcWeb => {
+                let response = self
+                    .http
+                    .post(format!("{}/{method}", self.base))
+                    .header("authorization", &self.bearer)
+                    .header("content-type", "application/grpc-web+proto")
+                    .body(grpc_web::frame(&request.encode_to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let headers = response.headers().clone();
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| format!("transport: {e}"))?;
+                let (messages, trailers) = grpc_web::parse_body(&bytes);
+                let field = |name: &str| {
+                    trailers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .or_else(|| {
+                            headers
+                                .get(name)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned)
+                        })
+                };
+                match field("grpc-status").as_deref() {
+                    Some("0") => messages
+                        .first()
+                        .and_then(|m| Resp::decode(m.as_slice()).ok())
+                        .ok_or_else(|| "bad body".to_owned()),
+                    status => {
+                        use base64::Engine;
+                        let details = field("grpc-status-details-bin").and_then(|b64| {
+                            base64::engine::general_purpose::STANDARD_NO_PAD
+                                .decode(b64.trim_end_matches('='))
+                                .ok()
+                        });
+                        Err(details
+                            .and_then(|d| detail_id(&d))
+                            .unwrap_or_else(|| format!("code {}", status.unwrap_or("?"))))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn check(&self, worker: usize, user_id: &str, code: String) -> Outcome<()> {
+        let request = totp_pb::CheckTotpRequest {
+            user_id: user_id.to_owned(),
+            code,
+        };
+        self.call::<_, totp_pb::CheckTotpResponse>(
+            worker,
+            "totpservice.v1.TOTPService/CheckTOTP",
+            &format!("/v2/users/{user_id}/totp/check"),
+            request,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn verify(&self, worker: usize, user_id: &str, code: String) -> Outcome<()> {
+        let request = user_pb::VerifyTotpRegistrationRequest {
+            user_id: user_id.to_owned(),
+            code,
+        };
+        self.call::<_, user_pb::VerifyTotpRegistrationResponse>(
+            worker,
+            "zitadel.user.v2.UserService/VerifyTOTPRegistration",
+            &format!("/v2/users/{user_id}/totp/verify"),
+            request,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+fn detail_id(details: &[u8]) -> Option<String> {
+    let status = RpcStatus::decode(details).ok()?;
+    let detail = ErrorDetail::decode(status.details.first()?.value.as_ref()).ok()?;
+    Some(detail.id)
+}
+
+// ---- provisioning -----------------------------------------------------------------------------
+
+/// What kind of users a pool holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ready,
+    Locked,
+    Pending,
+}
+
+/// Makes `count` users of `kind` through the public gRPC API, 32 at a time.
+async fn provision(client: &Client, kind: Kind, count: usize) -> anyhow::Result<Vec<BenchUser>> {
+    let run = format!("{:08x}", rand::thread_rng().next_u32());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for worker in 0..32 {
+        let (client, next, run) = (client.clone(), next.clone(), run.clone());
+        tasks.spawn(async move {
+            let mut made = vec![];
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= count {
+                    return Ok::<_, String>(made);
+                }
+                let id = format!("bench-{run}-{index}");
+                let mut secret = vec![0u8; 20];
+                rand::thread_rng().fill_bytes(&mut secret);
+                let secret = Secret::from_bytes(secret);
+                let add = user_pb::AddHumanUserRequest {
+                    user_id: Some(id.clone()),
+                    organization: Some(object_pb::Organization {
+                        org: Some(object_pb::organization::Org::OrgId("bench".into())),
+                    }),
+                    profile: Some(user_pb::SetHumanProfile {
+                        given_name: "Bench".into(),
+                        family_name: "User".into(),
+                        ..Default::default()
+                    }),
+                    email: Some(user_pb::SetHumanEmail {
+                        email: format!("{id}@bench.test"),
+                        verification: None,
+                    }),
+                    totp_secret: (kind != Kind::Pending).then(|| secret.to_base32()),
+                    username: None,
+                };
+                client
+                    .call::<_, user_pb::AddHumanUserResponse>(
+                        worker,
+                        "zitadel.user.v2.UserService/AddHumanUser",
+                        "/v2/users/human",
+                        add,
+                    )
+                    .await?;
+                let secret = match kind {
+                    Kind::Ready => secret,
+                    Kind::Locked => {
+                        let lock = user_pb::LockUserRequest {
+                            user_id: id.clone(),
+                        };
+                        client
+                            .call::<_, user_pb::LockUserResponse>(
+                                worker,
+                                "zitadel.user.v2.UserService/LockUser",
+                                "",
+                                lock,
+                            )
+                            .await?;
+                        secret
+                    }
+                    Kind::Pending => {
+                        let register = user_pb::RegisterTotpRequest {
+                            user_id: id.clone(),
+                        };
+                        let registered = client
+                            .call::<_, user_pb::RegisterTotpResponse>(
+                                worker,
+                                "zitadel.user.v2.UserService/RegisterTOTP",
+                                "",
+                                register,
+                            )
+                            .await?;
+                        Secret::from_base32(&registered.secret).ok_or("bad secret")?
+                    }
+                };
+                made.push(BenchUser { id, secret });
+            }
+        });
+    }
+    let mut users = vec![];
+    while let Some(done) = tasks.join_next().await {
+        users.extend(done?.map_err(|e| anyhow::anyhow!("provisioning failed: {e}"))?);
+    }
+    Ok(users)
+}
+
+// ---- runs -------------------------------------------------------------------------------------
+
+/// CPU seconds (user + system) and peak RSS of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, peak_kib / 1024.0))
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index] as f64 / 1000.0
+}
+
+/// Runs one scenario: `concurrency` workers take work items until the time is up or the items
+/// run out. `item(i)` gives the user and code of the i-th request, or `None` when out of work.
+async fn measure(
+    args: &RunArgs,
+    client: &Client,
+    scenario: Scenario,
+    concurrency: usize,
+    item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync>,
+) -> Report {
+    let before = args.service_pid.and_then(process_usage);
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + args.duration;
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for worker in 0..concurrency {
+        let (client, next, item) = (client.clone(), next.clone(), item.clone());
+        workers.spawn(async move {
+            let mut latencies = vec![];
+            let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+            while Instant::now() < deadline {
+                let Some((user_id, code)) = item(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let outcome = match scenario {
+                    Scenario::Verify => client.verify(worker, &user_id, code).await,
+                    _ => client.check(worker, &user_id, code).await,
+                };
+                latencies.push(sent.elapsed().as_micros() as u64);
+                *outcomes
+                    .entry(outcome.err().unwrap_or_else(|| "ok".into()))
+                    .or_default() += 1;
+            }
+            (latencies, outcomes)
+        });
+    }
+    let mut latencies = vec![];
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    while let Some(done) = workers.join_next().await {
+        let (l, o) = done.expect("worker");
+        latencies.extend(l);
+        for (k, v) in o {
+            *outcomes.entry(k).or_default() += v;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let requests = latencies.len();
+    let after = args.service_pid.and_then(process_usage);
+    let cpu_ms_per_1k = match (before, after) {
+        (Some((cpu0, _)), Some((cpu1, _))) if requests > 0 => {
+            Some((cpu1 - cpu0) * 1000.0 / requests as f64 * 1000.0)
+        }
+        _ => None,
+    };
+    let expected = scenario.expected();
+    Report {
+        scenario,
+        protocol: client.protocol,
+        concurrency,
+        requests,
+        seconds,
+        rps: requests as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p90_ms: percentile(&latencies, 0.90),
+        p99_ms: percentile(&latencies, 0.99),
+        max_ms: latencies.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        unexpected: outcomes
+            .iter()
+            .filter(|(k, _)| k.as_str() != expected)
+            .map(|(_, v)| v)
+            .sum(),
+        outcomes,
+        cpu_ms_per_1k,
+        peak_rss_mib: after.map(|(_, rss)| rss),
+    }
+}
+
+fn print_report(report: &Report, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("report serializes")
+        );
+        return;
+    }
+    println!(
+        "{:<13} {:<9} {:>4} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>8}",
+        format!("{:?}", report.scenario),
+        format!("{:?}", report.protocol),
+        report.concurrency,
+        report.requests,
+        report.rps,
+        report.p50_ms,
+        report.p90_ms,
+        report.p99_ms,
+        report.max_ms,
+        report.unexpected,
+        report
+            .cpu_ms_per_1k
+            .map_or("-".into(), |c| format!("{c:.0}")),
+        report
+            .peak_rss_mib
+            .map_or("-".into(), |r| format!("{r:.1}")),
+    );
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.json {
+        println!(
+            "{:<13} {:<9} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8}",
+            "scenario",
+            "protocol",
+            "conc",
+            "requests",
+            "req/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "unexp",
+            "cpu ms/1k",
+            "rss MiB"
+        );
+    }
+    let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;
+    let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
+    let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
+    // Requests per second the next run is sized for (updated from each valid-code run).
+    let mut rate_estimate = 3000.0_f64;
+    let mut unexpected = 0;
+    for &protocol in &args.protocols {
+        let client = Client::new(protocol, &args.target, &args.token).await?;
+        for &concurrency in &args.concurrency {
+            for &scenario in &args.scenarios {
+                let needed = (rate_estimate * args.duration.as_secs_f64() * 1.3) as usize + 100;
+                let item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync> =
+                    match scenario {
+                        Scenario::CheckValid => {
+                            // Each user gives three checks, steps −1, 0, +1 of the time of the request,
+                            // in that order and a whole pass apart, so every step is fresh.
+                            let users =
+                                Arc::new(provision(&setup, Kind::Ready, needed / 3 + 1).await?);
+                            Arc::new(move |i| {
+                                let (pass, index) = (i / users.len(), i % users.len());
+                                let user = users.get(index).filter(|_| pass < 3)?;
+                                Some((user.id.clone(), code_at(&user.secret, pass as i64 - 1)))
+                            })
+                        }
+                        Scenario::CheckWrong => {
+                            let users = wrong_pool.clone();
+                            Arc::new(move |i| {
+                                let user = &users[i % users.len()];
+                                Some((user.id.clone(), wrong_code(&user.secret)))
+                            })
+                        }
+                        Scenario::CheckLocked => {
+                            let users = locked_pool.clone();
+                            Arc::new(move |i| {
+                                let user = &users[i % users.len()];
+                                Some((user.id.clone(), code_at(&user.secret, 0)))
+                            })
+                        }
+                        Scenario::Verify => {
+                            let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
+                            Arc::new(move |i| {
+                                let user = users.get(i)?;
+                                Some((user.id.clone(), code_at(&user.secret, 0)))
+                            })
+                        }
+                    };
+                let report = measure(&args, &client, scenario, concurrency, item).await;
+                if scenario == Scenario::CheckValid {
+                    rate_estimate = rate_estimate.max(report.rps);
+                }
+                unexpected += report.unexpected;
+                print_report(&report, args.json);
+            }
+        }
+    }
+    anyhow::ensure!(
+        unexpected == 0,
+        "{unexpected} requests had an unexpected outcome"
+    );
+    Ok(())
+}
+
+// ---- the SQLite ceiling -------------------------------------------------------------------------
+
+async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
+    use totp_service::store::{self, StoreOptions};
+    let url = format!("sqlite://{}?mode=rwc", args.path.display());
+    let opened = store::open(&StoreOptions {
+        url,
+        max_connections: 8,
+        acquire_timeout: Duration::from_secs(30),
+    })
+    .await
+    .context("opening the SQLite file")?;
+    let pool = opened.pool().clone();
+    const ROWS: i64 = 10_000;
+    let mut tx = pool.begin().await?;
+    for n in 0..ROWS {
+        sqlx::query("INSERT INTO users (user_id, resource_owner, username, email, email_verified, profile, state, sequence, created_at, change_date, failed_attempts, version) VALUES ($1, 'bench', $1, $1, 0, '{}', 'active', 1, 0, 0, 0, 0)")
+            .bind(format!("ceiling-{n}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) VALUES ($1, 'ready', 'k', $2, 6, 30, 0, 0)")
+            .bind(format!("ceiling-{n}"))
+            .bind(vec![0u8; 48])
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    for &concurrency in &args.concurrency {
+        let deadline = Instant::now() + args.duration;
+        let started = Instant::now();
+        let mut workers = JoinSet::new();
+        for worker in 0..concurrency {
+            let pool = pool.clone();
+            workers.spawn(async move {
+                let mut latencies = vec![];
+                let mut n = worker as i64;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let user_id = format!("ceiling-{}", n % ROWS);
+                    n += concurrency as i64;
+                    // The service's write shape: read the snapshot, then one immediate transaction
+                    // with the conditional user update, an event and the TOTP row.
+                    let row = sqlx::query("SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = $1")
+                        .bind(user_id.clone())
+                        .fetch_one(&pool)
+                        .await?;
+                    let version: i64 = sqlx::Row::try_get(&row, 0)?;
+                    let sequence: i64 = sqlx::Row::try_get(&row, 1)?;
+                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                    let updated = sqlx::query("UPDATE users SET sequence = $2, change_date = $3, version = version + 1 WHERE user_id = $1 AND version = $4")
+                        .bind(user_id.clone())
+                        .bind(sequence + 1)
+                        .bind(0i64)
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await?;
+                    if updated.rows_affected() == 1 {
+                        sqlx::query("INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) VALUES ($1, $2, 'bench', '{}', 'bench', 'bench', 0)")
+                            .bind(user_id.clone())
+                            .bind(sequence + 1)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id = $1")
+                            .bind(user_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                }
+                Ok::<_, sqlx::Error>(latencies)
+            });
+        }
+        let mut latencies = vec![];
+        while let Some(done) = workers.join_next().await {
+            latencies.extend(done??);
+        }
+        latencies.sort_unstable();
+        let seconds = started.elapsed().as_secs_f64();
+        let line = serde_json::json!({
+            "ceiling": "sqlite",
+            "concurrency": concurrency,
+            "requests": latencies.len(),
+            "rps": latencies.len() as f64 / seconds,
+            "p99_ms": percentile(&latencies, 0.99),
+        });
+        if args.json {
+            println!("{line}");
+        } else {
+            println!(
+                "sqlite ceiling c={concurrency}: {:.0} tx/s, p99 {:.2} ms",
+                line["rps"].as_f64().unwrap_or(0.0),
+                line["p99_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::CeilingSqlite(args) => ceiling_sqlite(args).await,
+    }
+}
