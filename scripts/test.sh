@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -z "${DATABASE_URL:-}" ]; then
-    pg_bin=$(dirname "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+    pg_bin=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")")
     [ -x "$pg_bin/initdb" ] || { echo "no Postgres binaries found (install postgresql-15)" >&2; exit 1; }
     cluster=$(mktemp -d /tmp/totp-test-pg.XXXXXX)
     as_postgres=()

@@ -7,6 +7,7 @@
 //! which lacks them, writes in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides
 //! again, so the decision always rests on the state it changes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +27,10 @@ use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRec
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// SQLite has one writer at a time. Queueing this process's writers here, in order, spares
+    /// them SQLite's busy handler, which polls with sleeps of up to 100 ms (long tail latencies).
+    /// Other processes on the same file still meet the busy timeout.
+    sqlite_writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
@@ -212,7 +217,11 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
 
 impl SqlStore {
     pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
-        SqlStore { pool, dialect }
+        SqlStore {
+            pool,
+            dialect,
+            sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -255,6 +264,7 @@ impl SqlStore {
 
     async fn write_sqlite(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
         let user = &changes.user;
+        let _writer = self.sqlite_writer.lock().await;
         // BEGIN IMMEDIATE takes the write lock at once: the version check and the writes after it
         // cannot interleave with another writer.
         let mut tx = self
@@ -319,6 +329,10 @@ impl Store for SqlStore {
         let user = &changes.user;
         let profile = serde_json::to_string(&user.profile)
             .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
+        let _writer = match self.dialect {
+            Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
+            Dialect::Postgres => None,
+        };
         let begun = match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.pool.begin().await,

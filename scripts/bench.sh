@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The benchmark: builds in release, starts a throwaway Postgres (fsync and synchronous_commit on),
+# measures its ceiling with pgbench running the service's own write shape, then runs the load
+# generator against the service on that Postgres; then the same on the embedded SQLite default
+# with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-8 minutes.
+#
+#   scripts/bench.sh                  # full matrix, 5 s per run
+#   DURATION=2s CONCURRENCY=1,32 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+CONCURRENCY=${CONCURRENCY:-1,8,32}
+PROTOCOLS=${PROTOCOLS:-rest,grpc,grpc-web}
+seconds=${DURATION%s}
+
+cargo build --release --locked --bins >&2
+bin=target/release
+work=$(mktemp -d /tmp/totp-bench.XXXXXX)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    [ -n "${pg_bin:-}" ] && "${as_postgres[@]}" "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+wait_ready() {
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "service on port $1 did not become ready" >&2
+    exit 1
+}
+
+# ---- Postgres ----------------------------------------------------------------------------------
+pg_bin=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")")
+as_postgres=()
+mkdir -p "$work/pg"
+if [ "$(id -u)" = 0 ]; then chown postgres "$work" "$work/pg"; as_postgres=(runuser -u postgres --); fi
+"${as_postgres[@]}" "$pg_bin/initdb" -D "$work/pg" -U postgres -A trust >/dev/null
+pg_port=$(free_port)
+"${as_postgres[@]}" "$pg_bin/pg_ctl" -w -D "$work/pg" -l "$work/pg.log" \
+    -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=256MB" \
+    start >/dev/null
+database_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
+echo "Postgres on port $pg_port (fsync on, synchronous_commit on)" >&2
+
+# The ceiling: the service's write shape (one read, one single-statement conditional write with
+# an event insert and a TOTP update), on 10,000 users, in pgbench with prepared statements.
+DATABASE_URL=$database_url "$bin/totp-service" migrate >&2
+psql_() { "$pg_bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres "$@"; }
+psql_ -c "INSERT INTO users SELECT 'pgb-' || n, 'bench', 'pgb-' || n, 'pgb', 0, '{}', 'active', 1, 0, 0, 0, NULL, 0 FROM generate_series(1, 10000) n;
+          INSERT INTO totp SELECT 'pgb-' || n, 'ready', 'k', '\\x00', 6, 30, 0, 0 FROM generate_series(1, 10000) n;"
+cat > "$work/write.sql" <<'SQL'
+\set n random(1, 10000)
+SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = 'pgb-' || :n;
+WITH u AS (UPDATE users SET sequence = sequence + 1, change_date = 1, version = version + 1 WHERE user_id = 'pgb-' || :n RETURNING user_id, sequence), e AS (INSERT INTO events SELECT user_id, sequence, 'bench', '{}', 'bench', 'pgbench', 1 FROM u), t AS (UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id IN (SELECT user_id FROM u)) SELECT user_id FROM u;
+SQL
+results=$work/results.jsonl
+for c in ${CONCURRENCY//,/ }; do
+    rm -f "$work"/pgbench_log.*
+    (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
+        -f write.sql -l --log-prefix=pgbench_log postgres > pgbench.out 2>&1)
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.out")
+    p99=$(cat "$work"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+    echo "{\"ceiling\":\"postgres\",\"concurrency\":$c,\"rps\":$tps,\"p99_ms\":$p99}" >> "$results"
+    echo "pgbench c=$c: $tps tx/s, p99 $p99 ms" >&2
+done
+
+run_service() { # $1 = label, rest = env assignments
+    local label=$1; shift
+    local port; port=$(free_port)
+    mkdir -p "$work/$label"
+    env "$@" TOTP_DATA_DIR="$work/$label" TOTP_LISTEN="127.0.0.1:$port" TOTP_MAX_ATTEMPTS=1000000000 \
+        RUST_LOG=warn "$bin/totp-service" serve > "$work/$label.log" 2>&1 &
+    pids+=($!)
+    service_pid=$!
+    wait_ready "$port"
+    local token
+    token=$(TOTP_DATA_DIR="$work/$label" "$bin/totp-service" token --sub bench \
+        --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
+    "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
+        --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" \
+        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results"
+    kill "$service_pid"
+}
+
+echo "load on the service (Postgres) ..." >&2
+run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+
+echo "SQLite ceiling and load on the service (SQLite) ..." >&2
+mkdir -p "$work/ceiling"
+"$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
+    --concurrency "$CONCURRENCY" >> "$results"
+run_service sqlite
+
+python3 - "$results" "$(nproc)" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+ceilings = {(r["ceiling"], r["concurrency"]): r for r in rows if "ceiling" in r}
+print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
+print(f"{'database':<9} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8}")
+for r in rows:
+    if "ceiling" in r:
+        continue
+    ceiling = ceilings.get((r["database"], r["concurrency"]), {})
+    ratio = r["rps"] / ceiling["rps"] if ceiling.get("rps") else float("nan")
+    cpu = r.get("cpu_ms_per_1k")
+    rss = r.get("peak_rss_mib")
+    print(f"{r['database']:<9} {r['scenario']:<13} {r['protocol']:<9} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p99_ms']:>8.2f} "
+          f"{ceiling.get('rps', float('nan')):>8.0f} {ceiling.get('p99_ms', float('nan')):>8.2f} {ratio:>6.2f} {r['unexpected']:>5} "
+          f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8}")
+PY
