@@ -70,6 +70,9 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
     let pool = AnyPoolOptions::new()
         .max_connections(options.max_connections)
         .acquire_timeout(options.acquire_timeout)
+        // sqlx pings a connection before each hand-out by default: a round trip per query. A
+        // dead connection shows as an I/O error on use instead (code 14), and the pool drops it.
+        .test_before_acquire(false)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if dialect == Dialect::Sqlite {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, AnyPool, Row, query::Query};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, query::Query};
 
 use super::{Dialect, classify};
 use crate::domain::clock::Timestamp;
@@ -58,6 +60,30 @@ const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET state = excl
      key_id = excluded.key_id, secret_sealed = excluded.secret_sealed, digits = excluded.digits, \
      period = excluded.period, last_used_step = excluded.last_used_step, \
      created_at = excluded.created_at";
+
+/// Updates an existing TOTP row; binds as [`bind_totp`] (user id first).
+fn update_totp_sql(first: usize, cast: bool) -> String {
+    let c = |t: &str| if cast { t.to_owned() } else { String::new() };
+    format!(
+        "UPDATE totp SET state = ${}{}, key_id = ${}{}, secret_sealed = ${}{}, digits = ${}{}, \
+         period = ${}{}, last_used_step = ${}{}, created_at = ${}{} WHERE user_id = ${first}{}",
+        first + 1,
+        c("::text"),
+        first + 2,
+        c("::text"),
+        first + 3,
+        c("::bytea"),
+        first + 4,
+        c("::bigint"),
+        first + 5,
+        c("::bigint"),
+        first + 6,
+        c("::bigint"),
+        first + 7,
+        c("::bigint"),
+        c("::text"),
+    )
+}
 
 const EVENT_COLUMNS: &str =
     "user_id, sequence, event_type, payload, resource_owner, creator, created_at";
@@ -128,7 +154,7 @@ fn insert_events_sql(count: usize, first: usize) -> String {
 
 /// The Postgres single-statement write: the user update decides whether anything happens; the
 /// event inserts and the TOTP change only act on the row it returned. Answers 1 row if written.
-fn postgres_write_sql(changes: &Changes) -> String {
+fn postgres_write_sql(changes: &Changes, totp_exists: bool) -> String {
     let events = changes.events.len();
     let mut sql = format!("WITH u AS ({UPDATE_USER_IF_UNCHANGED} RETURNING user_id)");
     let mut next = 8;
@@ -147,6 +173,12 @@ fn postgres_write_sql(changes: &Changes) -> String {
     }
     match &changes.totp {
         TotpChange::Keep => {}
+        TotpChange::Put(_) if totp_exists => {
+            sql.push_str(&format!(
+                ", t AS ({} AND EXISTS (SELECT 1 FROM u))",
+                update_totp_sql(next, true)
+            ));
+        }
         TotpChange::Put(_) => {
             let casts = [
                 "::text", "::text", "::text", "::bytea", "::bigint", "::bigint", "::bigint",
@@ -232,43 +264,64 @@ impl SqlStore {
         self.dialect
     }
 
+    async fn acquire(&self) -> Result<PoolConnection<Any>, Error> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| classify("taking a database connection", e))
+    }
+
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
+    /// `totp_exists` says whether the state decided on had a TOTP row.
     async fn write_if_unchanged(
         &self,
+        conn: &mut AnyConnection,
         changes: &Changes,
         expected_version: u64,
+        totp_exists: bool,
     ) -> Result<bool, Error> {
         match self.dialect {
-            Dialect::Postgres => self.write_postgres(changes, expected_version).await,
-            Dialect::Sqlite => self.write_sqlite(changes, expected_version).await,
+            Dialect::Postgres => {
+                Self::write_postgres(conn, changes, expected_version, totp_exists).await
+            }
+            Dialect::Sqlite => {
+                self.write_sqlite(conn, changes, expected_version, totp_exists)
+                    .await
+            }
         }
     }
 
     async fn write_postgres(
-        &self,
+        conn: &mut AnyConnection,
         changes: &Changes,
         expected_version: u64,
+        totp_exists: bool,
     ) -> Result<bool, Error> {
-        let sql = postgres_write_sql(changes);
+        let sql = postgres_write_sql(changes, totp_exists);
         let mut query = bind_user_update(sqlx::query(&sql), &changes.user, expected_version);
         query = bind_events(query, changes);
         if let TotpChange::Put(totp) = &changes.totp {
             query = bind_totp(query, &changes.user.user_id, totp);
         }
         let written = query
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn)
             .await
             .map_err(|e| classify("writing a user's change", e))?;
         Ok(written.is_some())
     }
 
-    async fn write_sqlite(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
+    async fn write_sqlite(
+        &self,
+        conn: &mut AnyConnection,
+        changes: &Changes,
+        expected_version: u64,
+        totp_exists: bool,
+    ) -> Result<bool, Error> {
         let user = &changes.user;
         let _writer = self.sqlite_writer.lock().await;
         // BEGIN IMMEDIATE takes the write lock at once: the version check and the writes after it
         // cannot interleave with another writer.
-        let mut tx = self
-            .pool
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| classify("beginning a transaction", e))?;
@@ -293,10 +346,14 @@ impl SqlStore {
         match &changes.totp {
             TotpChange::Keep => {}
             TotpChange::Put(totp) => {
-                let sql = format!(
-                    "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
-                    placeholders(1, &[""; 8])
-                );
+                let sql = if totp_exists {
+                    update_totp_sql(1, false)
+                } else {
+                    format!(
+                        "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
+                        placeholders(1, &[""; 8])
+                    )
+                };
                 bind_totp(sqlx::query(&sql), &user.user_id, totp)
                     .execute(&mut *tx)
                     .await
@@ -313,6 +370,19 @@ impl SqlStore {
         tx.commit().await.map_err(|e| classify("committing", e))?;
         Ok(true)
     }
+}
+
+/// Reads a user and its TOTP in one statement (so the two agree).
+async fn read_snapshot(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Snapshot>, Error> {
+    let row = sqlx::query(SELECT_SNAPSHOT)
+        .bind(user_id.to_owned())
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| classify("loading a user", e))?;
+    row.as_ref()
+        .map(snapshot_from_row)
+        .transpose()
+        .map_err(|e| classify("reading a user row", e))
 }
 
 /// A short random pause after a lost race, growing with the attempts, so that writers on one
@@ -377,22 +447,20 @@ impl Store for SqlStore {
     }
 
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
-        let row = sqlx::query(SELECT_SNAPSHOT)
-            .bind(user_id.to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| classify("loading a user", e))?;
-        row.as_ref()
-            .map(snapshot_from_row)
-            .transpose()
-            .map_err(|e| classify("reading a user row", e))
+        let mut conn = self.acquire().await?;
+        read_snapshot(&mut conn, user_id).await
     }
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
+        // One connection for the read and the write: one pool hand-out per command.
+        let mut conn = self.acquire().await?;
         // Bounded by the caller's request timeout; each lost race means another writer succeeded.
         for attempt in 0u32.. {
-            let snapshot = self.load(user_id).await?;
-            let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
+            let snapshot = read_snapshot(&mut conn, user_id).await?;
+            let Some((expected_version, totp_exists)) = snapshot
+                .as_ref()
+                .map(|s| (s.user.version, s.totp.is_some()))
+            else {
                 // The domain refuses a missing user; changes for one would be a domain bug.
                 decide(None)?;
                 return Err(Error::Internal(format!(
@@ -400,7 +468,10 @@ impl Store for SqlStore {
                 )));
             };
             let changes = decide(snapshot)?;
-            if self.write_if_unchanged(&changes, expected_version).await? {
+            if self
+                .write_if_unchanged(&mut conn, &changes, expected_version, totp_exists)
+                .await?
+            {
                 return committed(changes);
             }
             back_off(attempt).await;

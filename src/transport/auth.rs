@@ -89,6 +89,17 @@ struct KeyCache {
     fetched_at: Instant,
 }
 
+/// Tokens already verified, so a client that sends the same token again costs a lookup instead
+/// of a signature check. An entry lives until the token's `exp` (plus the leeway); the whole
+/// cache is dropped when the keys change, and when it grows past [`VERIFIED_CACHE_LIMIT`].
+#[derive(Default)]
+struct VerifiedTokens {
+    by_token: HashMap<String, (Caller, u64)>,
+}
+
+const VERIFIED_CACHE_LIMIT: usize = 10_000;
+const LEEWAY_SECONDS: u64 = 60;
+
 /// Verifies bearer tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -96,6 +107,7 @@ pub struct Authenticator {
     rules: Arc<TokenRules>,
     cache: Arc<RwLock<KeyCache>>,
     refetching: Arc<tokio::sync::Mutex<()>>,
+    verified: Arc<RwLock<VerifiedTokens>>,
 }
 
 impl Authenticator {
@@ -110,6 +122,7 @@ impl Authenticator {
                 fetched_at: Instant::now(),
             })),
             refetching: Arc::new(tokio::sync::Mutex::new(())),
+            verified: Arc::new(RwLock::new(VerifiedTokens::default())),
         })
     }
 
@@ -118,10 +131,34 @@ impl Authenticator {
         let header = header.ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
         let token = bearer_token(header).ok_or(Error::Unauthenticated(AuthFailure::NotBearer))?;
         let invalid = || Error::Unauthenticated(AuthFailure::InvalidToken);
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(caller) = self.already_verified(token, now) {
+            return Ok(caller);
+        }
         let token_header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         self.refresh_if_needed(token_header.kid.as_deref()).await;
         let claims = self.verify(token, &token_header).ok_or_else(invalid)?;
-        caller_from_claims(&claims, &self.rules.roles_claim).ok_or_else(invalid)
+        let caller = caller_from_claims(&claims, &self.rules.roles_claim).ok_or_else(invalid)?;
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
+            if verified.by_token.len() >= VERIFIED_CACHE_LIMIT {
+                verified.by_token.clear();
+            }
+            verified
+                .by_token
+                .insert(token.to_owned(), (caller.clone(), exp + LEEWAY_SECONDS));
+        }
+        Ok(caller)
+    }
+
+    /// The caller of a token verified before and not yet expired.
+    fn already_verified(&self, token: &str, now: u64) -> Option<Caller> {
+        let verified = self.verified.read().unwrap_or_else(|p| p.into_inner());
+        verified
+            .by_token
+            .get(token)
+            .filter(|(_, valid_until)| now <= *valid_until)
+            .map(|(caller, _)| caller.clone())
     }
 
     fn verify(&self, token: &str, header: &Header) -> Option<Map<String, Value>> {
@@ -135,7 +172,7 @@ impl Authenticator {
             .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || k.kid == header.kid));
         for candidate in candidates {
             let mut validation = Validation::new(candidate.algorithm);
-            validation.leeway = 60;
+            validation.leeway = LEEWAY_SECONDS;
             validation.validate_nbf = true;
             validation.set_issuer(&[&self.rules.issuer]);
             validation.set_required_spec_claims(&["exp", "iss", "sub"]);
@@ -178,7 +215,15 @@ impl Authenticator {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         cache.fetched_at = Instant::now();
         match fetched {
-            Ok(keys) => cache.keys = keys,
+            Ok(keys) => {
+                cache.keys = keys;
+                // A key may have been withdrawn: tokens it signed must be checked again.
+                self.verified
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .by_token
+                    .clear();
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys")
             }
