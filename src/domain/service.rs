@@ -13,7 +13,7 @@ use crate::crypto::{CryptoError, KeyRing};
 use super::authz::Access;
 use super::clock::{Clock, Timestamp};
 use super::error::{self, Error, Rejection};
-use super::store::{Changes, Committed, NewEvent, Snapshot, Store, TotpChange};
+use super::store::{Changes, Committed, ConnectionStats, NewEvent, Snapshot, Store, TotpChange};
 use super::totp::{self, Secret};
 use super::types::{
     Caller, Details, Permission, Profile, TotpRecord, TotpState, UserId, UserRecord, UserState,
@@ -216,6 +216,11 @@ impl Service {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// Database connections in use and idle (for `/metrics`).
+    pub fn connection_stats(&self) -> ConnectionStats {
+        self.store.connection_stats()
     }
 
     /// Whether the database answers (for `/readyz`).

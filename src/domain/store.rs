@@ -62,6 +62,13 @@ pub struct Committed {
 /// must depend only on the state it is given.
 pub type Decide = Box<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
 
+/// Database connections by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    pub in_use: u32,
+    pub idle: u32,
+}
+
 /// Storage for users, their TOTP credentials and their event log.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -84,6 +91,9 @@ pub trait Store: Send + Sync + 'static {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, Error>;
+
+    /// How many database connections are in use and idle.
+    fn connection_stats(&self) -> ConnectionStats;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), Error>;

@@ -21,7 +21,9 @@ use super::{Dialect, classify};
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::service::details_of;
-use crate::domain::store::{Changes, Committed, Decide, Snapshot, Store, TotpChange};
+use crate::domain::store::{
+    Changes, Committed, ConnectionStats, Decide, Snapshot, Store, TotpChange,
+};
 use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRecord, UserState};
 
 /// The store over one sqlx pool.
@@ -498,6 +500,14 @@ impl Store for SqlStore {
             .map(|row| row.try_get::<String, _>("user_id"))
             .collect::<Result<_, _>>()
             .map_err(|e| classify("reading user ids", e))
+    }
+
+    fn connection_stats(&self) -> ConnectionStats {
+        let idle = self.pool.num_idle() as u32;
+        ConnectionStats {
+            in_use: self.pool.size().saturating_sub(idle),
+            idle,
+        }
     }
 
     async fn ping(&self) -> Result<(), Error> {

@@ -4,7 +4,10 @@
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use std::time::Instant;
+
 use super::Api;
+use super::observe::{self, Protocol};
 use super::rpc;
 use crate::domain::Error;
 use crate::domain::types::Caller;
@@ -44,21 +47,31 @@ impl From<Error> for Status {
 }
 
 impl Api {
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
         let header = request
             .metadata()
             .get("authorization")
             .map(|value| value.to_str().unwrap_or(""));
-        Ok(self.auth.authenticate(header).await?)
+        self.auth.authenticate(header).await
     }
 }
 
-/// Authenticates, runs the shared RPC function and wraps its answer.
+/// Authenticates, runs the shared RPC function, records the outcome and wraps the answer.
 macro_rules! unary {
-    ($self:ident, $request:ident, $rpc:path) => {{
-        let caller = $self.caller(&$request).await?;
-        let answer = $rpc(&$self.service, &caller, $request.into_inner()).await?;
-        Ok(Response::new(answer))
+    ($self:ident, $request:ident, $name:literal, $rpc:path) => {{
+        let started = Instant::now();
+        let protocol = $request
+            .extensions()
+            .get::<Protocol>()
+            .copied()
+            .unwrap_or(Protocol::Grpc);
+        let result = async {
+            let caller = $self.caller(&$request).await?;
+            $rpc(&$self.service, &caller, $request.into_inner()).await
+        }
+        .await;
+        observe::finish($name, protocol, started, result.as_ref().err());
+        Ok(Response::new(result?))
     }};
 }
 
@@ -68,63 +81,73 @@ impl UserService for Api {
         &self,
         request: Request<user_pb::AddHumanUserRequest>,
     ) -> Result<Response<user_pb::AddHumanUserResponse>, Status> {
-        unary!(self, request, rpc::add_human_user)
+        unary!(self, request, "AddHumanUser", rpc::add_human_user)
     }
 
     async fn get_user_by_id(
         &self,
         request: Request<user_pb::GetUserByIdRequest>,
     ) -> Result<Response<user_pb::GetUserByIdResponse>, Status> {
-        unary!(self, request, rpc::get_user_by_id)
+        unary!(self, request, "GetUserByID", rpc::get_user_by_id)
     }
 
     async fn delete_user(
         &self,
         request: Request<user_pb::DeleteUserRequest>,
     ) -> Result<Response<user_pb::DeleteUserResponse>, Status> {
-        unary!(self, request, rpc::delete_user)
+        unary!(self, request, "DeleteUser", rpc::delete_user)
     }
 
     async fn lock_user(
         &self,
         request: Request<user_pb::LockUserRequest>,
     ) -> Result<Response<user_pb::LockUserResponse>, Status> {
-        unary!(self, request, rpc::lock_user)
+        unary!(self, request, "LockUser", rpc::lock_user)
     }
 
     async fn unlock_user(
         &self,
         request: Request<user_pb::UnlockUserRequest>,
     ) -> Result<Response<user_pb::UnlockUserResponse>, Status> {
-        unary!(self, request, rpc::unlock_user)
+        unary!(self, request, "UnlockUser", rpc::unlock_user)
     }
 
     async fn list_authentication_method_types(
         &self,
         request: Request<user_pb::ListAuthenticationMethodTypesRequest>,
     ) -> Result<Response<user_pb::ListAuthenticationMethodTypesResponse>, Status> {
-        unary!(self, request, rpc::list_authentication_method_types)
+        unary!(
+            self,
+            request,
+            "ListAuthenticationMethodTypes",
+            rpc::list_authentication_method_types
+        )
     }
 
     async fn register_totp(
         &self,
         request: Request<user_pb::RegisterTotpRequest>,
     ) -> Result<Response<user_pb::RegisterTotpResponse>, Status> {
-        unary!(self, request, rpc::register_totp)
+        unary!(self, request, "RegisterTOTP", rpc::register_totp)
     }
 
     async fn verify_totp_registration(
         &self,
         request: Request<user_pb::VerifyTotpRegistrationRequest>,
     ) -> Result<Response<user_pb::VerifyTotpRegistrationResponse>, Status> {
-        unary!(self, request, rpc::verify_totp_registration)
+        unary!(
+            self,
+            request,
+            "VerifyTOTPRegistration",
+            rpc::verify_totp_registration
+        )
     }
 
     async fn remove_totp(
         &self,
         request: Request<user_pb::RemoveTotpRequest>,
     ) -> Result<Response<user_pb::RemoveTotpResponse>, Status> {
-        unary!(self, request, rpc::remove_totp)
+        unary!(self, request, "RemoveTOTP", rpc::remove_totp)
     }
 }
 
@@ -134,6 +157,6 @@ impl TotpService for Api {
         &self,
         request: Request<totp_pb::CheckTotpRequest>,
     ) -> Result<Response<totp_pb::CheckTotpResponse>, Status> {
-        unary!(self, request, rpc::check_totp)
+        unary!(self, request, "CheckTOTP", rpc::check_totp)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod grpc;
+pub mod observe;
 pub mod rest;
 pub mod rpc;
 
@@ -17,7 +18,8 @@ use tonic::server::NamedService;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::domain::{Error, Service as Domain};
@@ -97,6 +99,41 @@ fn cors(origins: &[String]) -> CorsLayer {
         )
 }
 
+/// The span of one request (see [`router`]).
+fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+        rpc = tracing::field::Empty,
+        protocol = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+        code = tracing::field::Empty,
+    )
+}
+
+/// Marks gRPC-web requests, so that the gRPC handlers (which see them translated to gRPC) can
+/// tell the two apart in metrics and logs.
+async fn tag_protocol(
+    mut request: http::Request<axum::body::Body>,
+) -> http::Request<axum::body::Body> {
+    let is_grpc_web = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc-web"));
+    if is_grpc_web {
+        request.extensions_mut().insert(observe::Protocol::GrpcWeb);
+    }
+    request
+}
+
 /// The whole router: REST routes, gRPC and gRPC-web services, health, with explicit 404 and 405.
 pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router> {
     use proto::totpservice::v1::totp_service_server::TotpServiceServer;
@@ -125,17 +162,22 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
     let rest = rest::routes()
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
+        .route("/metrics", get(rest::metrics))
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(api);
 
-    // One span per request with method, path (which holds the user id, never a secret or a
-    // code) and, when it ends, status and latency. Headers are not logged: they carry the token.
+    // One span per request: method, path, request id, and (filled in by the handler) RPC,
+    // protocol, user id and gRPC code; status and latency when it ends. Headers are not logged:
+    // they carry the token; no field ever holds a secret or a code.
     let trace = TraceLayer::new_for_http()
-        .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+        .make_span_with(request_span)
         .on_response(DefaultOnResponse::new().level(Level::INFO));
     Ok(rest
         .merge(grpc)
         .fallback(rest::not_found)
         .layer(cors(cors_origins))
-        .layer(trace))
+        .layer(axum::middleware::map_request(tag_protocol))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
 }

@@ -11,6 +11,9 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use std::time::Instant;
+
+use super::observe::{self, Protocol};
 use super::{Api, MAX_BODY_BYTES, rpc};
 use crate::domain::error::{Code, Error};
 use crate::domain::types::Caller;
@@ -152,58 +155,114 @@ fn path_user_id(param: Option<Path<String>>) -> String {
 /// A handler for a call whose request carries `user_id` in the path and the rest in the body.
 /// Authentication comes before the body is judged, as in ZITADEL.
 macro_rules! with_user_id {
-    ($name:ident, $request:ty, $rpc:path, body) => {
+    ($name:ident, $rpc_name:literal, $request:ty, $rpc:path, body) => {
         async fn $name(
             State(api): State<Api>,
             user_id: Option<Path<String>>,
             headers: HeaderMap,
             body: Result<JsonBody<$request>, RestError>,
         ) -> Result<Response, RestError> {
-            let caller = caller(&api, &headers).await?;
-            let JsonBody(mut request) = body?;
-            request.user_id = path_user_id(user_id);
-            Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
+            let started = Instant::now();
+            let result = async {
+                let caller = caller(&api, &headers).await?;
+                let JsonBody(mut request) = body?;
+                request.user_id = path_user_id(user_id);
+                Ok($rpc(&api.service, &caller, request).await?)
+            }
+            .await;
+            respond($rpc_name, started, result)
         }
     };
-    ($name:ident, $request:ty, $rpc:path) => {
+    ($name:ident, $rpc_name:literal, $request:ty, $rpc:path) => {
         async fn $name(
             State(api): State<Api>,
             user_id: Option<Path<String>>,
             headers: HeaderMap,
         ) -> Result<Response, RestError> {
-            let caller = caller(&api, &headers).await?;
-            let mut request = <$request>::default();
-            request.user_id = path_user_id(user_id);
-            Ok(Json($rpc(&api.service, &caller, request).await?).into_response())
+            let started = Instant::now();
+            let result = async {
+                let caller = caller(&api, &headers).await?;
+                let mut request = <$request>::default();
+                request.user_id = path_user_id(user_id);
+                Ok($rpc(&api.service, &caller, request).await?)
+            }
+            .await;
+            respond($rpc_name, started, result)
         }
     };
 }
 
+/// Records the outcome of an RPC and turns it into the JSON response or the error body.
+fn respond<T: serde::Serialize>(
+    rpc: &'static str,
+    started: Instant,
+    result: Result<T, RestError>,
+) -> Result<Response, RestError> {
+    observe::finish(
+        rpc,
+        Protocol::Rest,
+        started,
+        result.as_ref().err().map(|e| &e.error),
+    );
+    Ok(Json(result?).into_response())
+}
+
 with_user_id!(
     register_totp,
+    "RegisterTOTP",
     user_pb::RegisterTotpRequest,
     rpc::register_totp,
     body
 );
 with_user_id!(
     verify_totp,
+    "VerifyTOTPRegistration",
     user_pb::VerifyTotpRegistrationRequest,
     rpc::verify_totp_registration,
     body
 );
-with_user_id!(check_totp, totp_pb::CheckTotpRequest, rpc::check_totp, body);
-with_user_id!(lock_user, user_pb::LockUserRequest, rpc::lock_user, body);
+with_user_id!(
+    check_totp,
+    "CheckTOTP",
+    totp_pb::CheckTotpRequest,
+    rpc::check_totp,
+    body
+);
+with_user_id!(
+    lock_user,
+    "LockUser",
+    user_pb::LockUserRequest,
+    rpc::lock_user,
+    body
+);
 with_user_id!(
     unlock_user,
+    "UnlockUser",
     user_pb::UnlockUserRequest,
     rpc::unlock_user,
     body
 );
-with_user_id!(remove_totp, user_pb::RemoveTotpRequest, rpc::remove_totp);
-with_user_id!(get_user, user_pb::GetUserByIdRequest, rpc::get_user_by_id);
-with_user_id!(delete_user, user_pb::DeleteUserRequest, rpc::delete_user);
+with_user_id!(
+    remove_totp,
+    "RemoveTOTP",
+    user_pb::RemoveTotpRequest,
+    rpc::remove_totp
+);
+with_user_id!(
+    get_user,
+    "GetUserByID",
+    user_pb::GetUserByIdRequest,
+    rpc::get_user_by_id
+);
+with_user_id!(
+    delete_user,
+    "DeleteUser",
+    user_pb::DeleteUserRequest,
+    rpc::delete_user
+);
 with_user_id!(
     list_methods,
+    "ListAuthenticationMethodTypes",
     user_pb::ListAuthenticationMethodTypesRequest,
     rpc::list_authentication_method_types
 );
@@ -213,9 +272,14 @@ async fn add_human_user(
     headers: HeaderMap,
     body: Result<JsonBody<user_pb::AddHumanUserRequest>, RestError>,
 ) -> Result<Response, RestError> {
-    let caller = caller(&api, &headers).await?;
-    let JsonBody(request) = body?;
-    Ok(Json(rpc::add_human_user(&api.service, &caller, request).await?).into_response())
+    let started = Instant::now();
+    let result = async {
+        let caller = caller(&api, &headers).await?;
+        let JsonBody(request) = body?;
+        Ok(rpc::add_human_user(&api.service, &caller, request).await?)
+    }
+    .await;
+    respond("AddHumanUser", started, result)
 }
 
 /// The REST routes of the user service and of CheckTOTP.
@@ -265,6 +329,19 @@ pub async fn method_not_allowed() -> RestError {
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(api): State<Api>) -> Response {
+    let connections = api.service.connection_stats();
+    metrics::gauge!(observe::DB_CONNECTIONS, "state" => "in_use")
+        .set(f64::from(connections.in_use));
+    metrics::gauge!(observe::DB_CONNECTIONS, "state" => "idle").set(f64::from(connections.idle));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        observe::prometheus().render(),
+    )
+        .into_response()
 }
 
 /// `GET /readyz`: the database answers.

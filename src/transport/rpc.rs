@@ -22,6 +22,13 @@ pub fn timestamp(at: Timestamp) -> ProtoTimestamp {
     }
 }
 
+/// Validates the request's user id and names it in the request's log span.
+fn user_id(raw: &str, request: &str) -> Result<UserId, Error> {
+    let user_id = UserId::parse(raw, request)?;
+    super::observe::note_user(user_id.as_str());
+    Ok(user_id)
+}
+
 fn details(details: Details) -> Option<object_pb::Details> {
     Some(object_pb::Details {
         sequence: details.sequence,
@@ -36,7 +43,7 @@ pub async fn register_totp(
     caller: &Caller,
     request: user_pb::RegisterTotpRequest,
 ) -> Result<user_pb::RegisterTotpResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "RegisterTOTPRequest")?;
+    let user_id = user_id(&request.user_id, "RegisterTOTPRequest")?;
     let registration = service.register_totp(caller, &user_id).await?;
     Ok(user_pb::RegisterTotpResponse {
         details: details(registration.details),
@@ -50,7 +57,7 @@ pub async fn verify_totp_registration(
     caller: &Caller,
     request: user_pb::VerifyTotpRegistrationRequest,
 ) -> Result<user_pb::VerifyTotpRegistrationResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "VerifyTOTPRegistrationRequest")?;
+    let user_id = user_id(&request.user_id, "VerifyTOTPRegistrationRequest")?;
     let code = TotpCode::parse(&request.code, "VerifyTOTPRegistrationRequest")?;
     let result = service
         .verify_totp_registration(caller, &user_id, &code)
@@ -65,7 +72,7 @@ pub async fn remove_totp(
     caller: &Caller,
     request: user_pb::RemoveTotpRequest,
 ) -> Result<user_pb::RemoveTotpResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "RemoveTOTPRequest")?;
+    let user_id = user_id(&request.user_id, "RemoveTOTPRequest")?;
     let result = service.remove_totp(caller, &user_id).await?;
     Ok(user_pb::RemoveTotpResponse {
         details: details(result),
@@ -77,7 +84,7 @@ pub async fn check_totp(
     caller: &Caller,
     request: totp_pb::CheckTotpRequest,
 ) -> Result<totp_pb::CheckTotpResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "CheckTOTPRequest")?;
+    let user_id = user_id(&request.user_id, "CheckTOTPRequest")?;
     let code = TotpCode::parse(&request.code, "CheckTOTPRequest")?;
     let result = service.check_totp(caller, &user_id, &code).await?;
     Ok(totp_pb::CheckTotpResponse {
@@ -155,7 +162,7 @@ pub async fn get_user_by_id(
     caller: &Caller,
     request: user_pb::GetUserByIdRequest,
 ) -> Result<user_pb::GetUserByIdResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "GetUserByIDRequest")?;
+    let user_id = user_id(&request.user_id, "GetUserByIDRequest")?;
     let view = service.get_user(caller, &user_id).await?;
     let user = view.user;
     let state = if view.locked {
@@ -197,7 +204,7 @@ pub async fn delete_user(
     caller: &Caller,
     request: user_pb::DeleteUserRequest,
 ) -> Result<user_pb::DeleteUserResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "DeleteUserRequest")?;
+    let user_id = user_id(&request.user_id, "DeleteUserRequest")?;
     let result = service.delete_user(caller, &user_id).await?;
     Ok(user_pb::DeleteUserResponse {
         details: details(result),
@@ -209,7 +216,7 @@ pub async fn lock_user(
     caller: &Caller,
     request: user_pb::LockUserRequest,
 ) -> Result<user_pb::LockUserResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "LockUserRequest")?;
+    let user_id = user_id(&request.user_id, "LockUserRequest")?;
     let result = service.lock_user(caller, &user_id).await?;
     Ok(user_pb::LockUserResponse {
         details: details(result),
@@ -221,7 +228,7 @@ pub async fn unlock_user(
     caller: &Caller,
     request: user_pb::UnlockUserRequest,
 ) -> Result<user_pb::UnlockUserResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "UnlockUserRequest")?;
+    let user_id = user_id(&request.user_id, "UnlockUserRequest")?;
     let result = service.unlock_user(caller, &user_id).await?;
     Ok(user_pb::UnlockUserResponse {
         details: details(result),
@@ -233,7 +240,7 @@ pub async fn list_authentication_method_types(
     caller: &Caller,
     request: user_pb::ListAuthenticationMethodTypesRequest,
 ) -> Result<user_pb::ListAuthenticationMethodTypesResponse, Error> {
-    let user_id = UserId::parse(&request.user_id, "ListAuthenticationMethodTypesRequest")?;
+    let user_id = user_id(&request.user_id, "ListAuthenticationMethodTypesRequest")?;
     let methods = service
         .list_authentication_methods(caller, &user_id)
         .await?;

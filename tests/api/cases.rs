@@ -911,3 +911,93 @@ pub async fn rest_health_endpoints_answer(backend: Backend, protocol: Protocol) 
     let (status, _, _) = h.rest_raw("GET", "/readyz", &Auth::None, None).await;
     assert_eq!(status, 200);
 }
+
+pub async fn metrics_count_requests_by_rpc_protocol_and_code(backend: Backend, protocol: Protocol) {
+    let h = harness(backend, protocol).await;
+    let (user, secret) = h.user_with_ready_totp().await;
+    let wrong = if h.code(&secret, 1) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    assert_is(
+        h.check_totp(&h.admin(), &user.id, wrong).await,
+        INVALID_CODE,
+    );
+    let (status, headers, body) = h.rest_raw("GET", "/metrics", &Auth::None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = String::from_utf8(body).unwrap();
+    let protocol_label = match protocol {
+        Protocol::Rest => "rest",
+        Protocol::Grpc => "grpc",
+        Protocol::GrpcWeb => "grpc-web",
+    };
+    let count = |prefix: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(prefix) && labels.iter().all(|l| line.contains(l)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let verified = format!("protocol=\"{protocol_label}\"");
+    assert!(
+        count(
+            "totp_requests_total{",
+            &["rpc=\"VerifyTOTPRegistration\"", &verified, "code=\"0\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count(
+            "totp_requests_total{",
+            &["rpc=\"CheckTOTP\"", &verified, "code=\"3\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count(
+            "totp_code_outcomes_total{",
+            &["rpc=\"check\"", "outcome=\"invalid\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count(
+            "totp_code_outcomes_total{",
+            &["rpc=\"verify\"", "outcome=\"ok\""]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        count(
+            "totp_request_duration_seconds_count{",
+            &["rpc=\"CheckTOTP\"", &verified]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("totp_db_connections{state=\"idle\"}"),
+        "{text}"
+    );
+}
+
+pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol: Protocol) {
+    let h = harness(backend, protocol).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/healthz", h.addr);
+    let given = http
+        .get(&url)
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "req-42");
+    let made = http.get(&url).send().await.unwrap();
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+}

@@ -72,6 +72,7 @@ every_protocol_and_backend!([
     wrong_codes_on_verify_count_towards_the_lockout,
     secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them,
     requests_over_64_kib_are_refused,
+    metrics_count_requests_by_rpc_protocol_and_code,
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.
@@ -86,6 +87,7 @@ matrix!(
         rest_answers_unknown_paths_and_wrong_methods_with_the_error_body,
         rest_refuses_oversized_bodies,
         rest_health_endpoints_answer,
+        request_ids_are_taken_or_made_and_echoed,
     ]
 );
 matrix!(

@@ -1,0 +1,96 @@
+//! Observability of requests: Prometheus metrics (`GET /metrics`) and the fields of each
+//! request's log span. Both faces call [`finish`] once per RPC with its name, protocol and result.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::domain::Error;
+
+/// How a request arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Rest,
+    Grpc,
+    GrpcWeb,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rest => "rest",
+            Protocol::Grpc => "grpc",
+            Protocol::GrpcWeb => "grpc-web",
+        }
+    }
+}
+
+const REQUESTS: &str = "totp_requests_total";
+const DURATION: &str = "totp_request_duration_seconds";
+const CODE_OUTCOMES: &str = "totp_code_outcomes_total";
+/// Gauge of database connections, labelled `state="in_use"|"idle"`.
+pub const DB_CONNECTIONS: &str = "totp_db_connections";
+
+/// The process-wide Prometheus recorder (installed on first use; tests start many servers in
+/// one process, and a process has one recorder).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ];
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &buckets)
+            .expect("bucket list is not empty")
+            .install_recorder()
+            .expect("no other metrics recorder is installed");
+        metrics::describe_counter!(REQUESTS, "Requests by RPC, protocol and gRPC status code");
+        metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "Request latency by RPC and protocol");
+        metrics::describe_counter!(
+            CODE_OUTCOMES,
+            "Submitted TOTP codes by RPC (verify, check) and outcome (ok, invalid, replayed, locked)"
+        );
+        metrics::describe_gauge!(DB_CONNECTIONS, "Database pool connections by state (in_use, idle)");
+        handle
+    })
+}
+
+/// Records one finished RPC: counter and latency, the code outcome for Verify and Check, and
+/// the `outcome` field of the request's span.
+pub fn finish(rpc: &'static str, protocol: Protocol, started: Instant, error: Option<&Error>) {
+    prometheus();
+    let code = error.map_or(0, |error| error.public().code as i32);
+    let labels = [("rpc", rpc), ("protocol", protocol.as_str())];
+    metrics::counter!(REQUESTS, "rpc" => rpc, "protocol" => protocol.as_str(), "code" => code.to_string())
+        .increment(1);
+    metrics::histogram!(DURATION, &labels).record(started.elapsed().as_secs_f64());
+    if let Some(kind) = match rpc {
+        "VerifyTOTPRegistration" => Some("verify"),
+        "CheckTOTP" => Some("check"),
+        _ => None,
+    } {
+        let outcome = match error {
+            None => Some("ok"),
+            Some(Error::Rejected(rejection)) => match rejection.id {
+                "EVENT-8isk2" => Some("invalid"),
+                "TOTP-Auw0a" => Some("replayed"),
+                "COMMAND-SF3fg" => Some("locked"),
+                _ => None,
+            },
+            Some(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!(CODE_OUTCOMES, "rpc" => kind, "outcome" => outcome).increment(1);
+        }
+    }
+    let span = tracing::Span::current();
+    span.record("rpc", rpc);
+    span.record("protocol", protocol.as_str());
+    span.record("code", code);
+}
+
+/// Records the user id a request is about in its span.
+pub fn note_user(user_id: &str) {
+    tracing::Span::current().record("user_id", user_id);
+}
