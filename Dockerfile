@@ -12,5 +12,6 @@ USER totp
 ENV TOTP_DATA_DIR=/data TOTP_LISTEN=0.0.0.0:8080
 VOLUME /data
 EXPOSE 8080
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s CMD ["totp-service", "healthcheck"]
 ENTRYPOINT ["totp-service"]
 CMD ["serve"]

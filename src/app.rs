@@ -3,7 +3,8 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -81,11 +82,26 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
         max_connections: config.db_max_connections,
         acquire_timeout: Duration::from_secs(5),
     };
-    let opened = store::open(&options)
+    // A database that starts beside the service may not answer yet: wait for it, saying so.
+    let started = Instant::now();
+    let connected = loop {
+        match store::connect(&options).await {
+            Ok(connected) => break connected,
+            Err(err) if started.elapsed() < config.db_wait => {
+                tracing::warn!(database = %redact_url(&url), error = %err, "database not reachable yet; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => {
+                return Err(err.context(format!("connecting to the database {}", redact_url(&url))));
+            }
+        }
+    };
+    connected
+        .migrate()
         .await
-        .with_context(|| format!("opening the database {}", redact_url(&url)))?;
+        .context("applying the migrations")?;
     tracing::info!(database = %redact_url(&url), "database ready");
-    Ok(opened)
+    Ok(connected)
 }
 
 /// The domain service of a configuration: store (migrated), keys and rules.
@@ -105,25 +121,62 @@ pub async fn domain_service(config: &Config, clock: Arc<dyn Clock>) -> anyhow::R
     ))
 }
 
-/// Builds the router of a configuration, with `clock` as the time source.
-pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Router> {
-    let service = domain_service(config, clock).await?;
-    let api = Api {
-        service,
-        auth: authenticator(config).await?,
-    };
-    transport::router(api, &config.cors_origins).await
+/// A built service, ready to serve.
+pub struct App {
+    router: Router,
+    service: Service,
+    draining: Arc<AtomicBool>,
+    grace: Duration,
 }
 
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+/// Builds the service of a configuration, with `clock` as the time source.
+pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+    let service = domain_service(config, clock).await?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let api = Api {
+        service: service.clone(),
+        auth: authenticator(config).await?,
+        draining: draining.clone(),
+    };
+    Ok(App {
+        router: transport::router(api, &config.cors_origins).await?,
+        service,
+        draining,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl App {
+    /// Serves on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves; then `/readyz` turns
+    /// false, no new connection is taken, in-flight requests get the grace period to finish, and
+    /// the database pool is closed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let draining = self.draining.clone();
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let notify = signalled.clone();
+        let stop = async move {
+            shutdown.await;
+            draining.store(true, Ordering::SeqCst);
+            notify.notify_one();
+            tracing::info!("shutting down: readiness off, finishing in-flight requests");
+        };
+        let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
+        let grace = self.grace;
+        let result = tokio::select! {
+            served = server => served,
+            _ = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "grace period over; closing the remaining connections");
+                Ok(())
+            }
+        };
+        self.service.close().await;
+        tracing::info!("stopped");
+        result
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -143,5 +196,4 @@ pub async fn shutdown_signal() {
     {
         let _ = interrupt.await;
     }
-    tracing::info!("shutting down");
 }

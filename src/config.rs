@@ -30,6 +30,10 @@ pub enum Command {
     /// Re-seal every TOTP secret under the first key of TOTP_ENCRYPTION_KEYS (safe while the
     /// service runs, safe to interrupt and to run again).
     Rekey,
+    /// Print the effective configuration, secrets redacted.
+    Config,
+    /// Exit 0 when the service on TOTP_LISTEN is ready (`/readyz`), else 1 (for HEALTHCHECK).
+    Healthcheck,
     /// Print the current code of a base32 secret (for trying the API without a phone).
     Code {
         /// The base32 secret, as RegisterTOTP returns it.
@@ -138,6 +142,14 @@ pub struct Config {
     #[arg(long, env = "TOTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
 
+    /// How long to finish in-flight requests after SIGTERM/SIGINT before closing them.
+    #[arg(long, env = "TOTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// How long to wait at start-up for the database to answer.
+    #[arg(long, env = "TOTP_DB_WAIT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub db_wait: Duration,
+
     /// Browser origins allowed by CORS (comma list; `*` for any).
     #[arg(long, env = "TOTP_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
@@ -207,6 +219,8 @@ impl fmt::Debug for Config {
             .field("max_attempts", &self.max_attempts)
             .field("lockout_duration", &self.lockout_duration)
             .field("request_timeout", &self.request_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("db_wait", &self.db_wait)
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
             .field("db_max_connections", &self.db_max_connections)

@@ -22,6 +22,15 @@ async fn main() -> anyhow::Result<()> {
             app::open_store(&cli.config).await?;
             Ok(())
         }
+        Command::Config => {
+            println!("{:#?}", cli.config);
+            println!(
+                "effective database: {}",
+                totp_service::config::redact_url(&cli.config.effective_database_url())
+            );
+            Ok(())
+        }
+        Command::Healthcheck => healthcheck(&cli.config).await,
         Command::Rekey => {
             let service = app::domain_service(&cli.config, Arc::new(SystemClock)).await?;
             let report = service.rekey().await?;
@@ -61,12 +70,31 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let router = app::build(config, Arc::new(SystemClock)).await?;
+    let app = app::build(config, Arc::new(SystemClock)).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "serving REST, gRPC and gRPC-web");
-    app::serve(listener, router, app::shutdown_signal()).await?;
+    app.serve(listener, app::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let mut address = config.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}/readyz"))
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await
+        .with_context(|| format!("no answer from {address}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "not ready: HTTP {}",
+        response.status()
+    );
     Ok(())
 }
 

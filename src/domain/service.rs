@@ -218,6 +218,11 @@ impl Service {
         &self.settings
     }
 
+    /// Closes the database connections (at shutdown).
+    pub async fn close(&self) {
+        self.store.close().await;
+    }
+
     /// Database connections in use and idle (for `/metrics`).
     pub fn connection_stats(&self) -> ConnectionStats {
         self.store.connection_stats()

@@ -95,6 +95,9 @@ pub trait Store: Send + Sync + 'static {
     /// How many database connections are in use and idle.
     fn connection_stats(&self) -> ConnectionStats;
 
+    /// Closes the connections (at shutdown).
+    async fn close(&self);
+
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), Error>;
 }

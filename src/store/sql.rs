@@ -502,6 +502,10 @@ impl Store for SqlStore {
             .map_err(|e| classify("reading user ids", e))
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     fn connection_stats(&self) -> ConnectionStats {
         let idle = self.pool.num_idle() as u32;
         ConnectionStats {

@@ -10,6 +10,8 @@ pub mod rest;
 pub mod rpc;
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::routing::get;
@@ -34,6 +36,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Api {
     pub service: Domain,
     pub auth: Authenticator,
+    /// Set once shutdown began: `/readyz` answers 503 so load balancers stop sending.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Logs the cause of a server-side failure once; the client only sees the generic message.

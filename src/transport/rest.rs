@@ -346,6 +346,9 @@ pub async fn metrics(State(api): State<Api>) -> Response {
 
 /// `GET /readyz`: the database answers.
 pub async fn readyz(State(api): State<Api>) -> Response {
+    if api.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
     match api.service.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(err) => {

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cases;
+mod lifecycle;
 mod logs;
 mod support;
 

@@ -203,6 +203,8 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         max_attempts: options.max_attempts,
         lockout_duration: options.lockout,
         request_timeout: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(5),
+        db_wait: Duration::from_secs(5),
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
         db_max_connections: 4,
@@ -233,12 +235,12 @@ impl Harness {
         } else {
             clock.clone()
         };
-        let router = app::build(&config, service_clock)
+        let app = app::build(&config, service_clock)
             .await
             .expect("app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(app::serve(listener, router, pending()));
+        tokio::spawn(app.serve(listener, pending()));
         let channel = match options.protocol {
             Protocol::Grpc => Some(
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
