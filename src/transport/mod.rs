@@ -4,6 +4,7 @@
 //! `grpc.rs` (tonic `Status`) and `rest.rs` (the REST error body) and nowhere else.
 
 pub mod auth;
+pub mod connect;
 pub mod grpc;
 pub mod observe;
 pub mod rest;
@@ -162,6 +163,10 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
     grpc = add_grpc(grpc, totp);
     grpc = add_grpc(grpc, health_service);
     grpc = add_grpc(grpc, reflection);
+    let grpc = grpc.layer(axum::middleware::from_fn_with_state(
+        api.clone(),
+        connect::intercept,
+    ));
 
     let rest = rest::routes()
         .route("/healthz", get(rest::healthz))

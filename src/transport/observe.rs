@@ -14,6 +14,7 @@ pub enum Protocol {
     Rest,
     Grpc,
     GrpcWeb,
+    Connect,
 }
 
 impl Protocol {
@@ -22,6 +23,7 @@ impl Protocol {
             Protocol::Rest => "rest",
             Protocol::Grpc => "grpc",
             Protocol::GrpcWeb => "grpc-web",
+            Protocol::Connect => "connect",
         }
     }
 }

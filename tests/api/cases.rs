@@ -937,6 +937,7 @@ pub async fn metrics_count_requests_by_rpc_protocol_and_code(backend: Backend, p
         Protocol::Rest => "rest",
         Protocol::Grpc => "grpc",
         Protocol::GrpcWeb => "grpc-web",
+        Protocol::Connect => "connect",
     };
     let count = |prefix: &str, labels: &[&str]| -> f64 {
         text.lines()
@@ -1000,4 +1001,41 @@ pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol
     let made = http.get(&url).send().await.unwrap();
     let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(id.len(), 36, "a UUID: {id}");
+}
+
+pub async fn connect_answers_protobuf_bodies(backend: Backend, protocol: Protocol) {
+    use prost::Message;
+    let h = harness(backend, protocol).await;
+    let user = h.new_user().await;
+    let request = user_pb::GetUserByIdRequest {
+        user_id: user.id.clone(),
+    };
+    let (status, headers, bytes) = h
+        .rest_raw_typed(
+            "POST",
+            "/zitadel.user.v2.UserService/GetUserByID",
+            &h.admin(),
+            Some(("application/proto", request.encode_to_vec())),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/proto");
+    let shown = user_pb::GetUserByIdResponse::decode(bytes.as_slice()).unwrap();
+    assert_eq!(shown.user.unwrap().user_id, user.id);
+
+    let missing = user_pb::GetUserByIdRequest {
+        user_id: unique("nobody"),
+    };
+    let (status, _, bytes) = h
+        .rest_raw_typed(
+            "POST",
+            "/zitadel.user.v2.UserService/GetUserByID",
+            &h.admin(),
+            Some(("application/proto", missing.encode_to_vec())),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(error["code"], "not_found");
+    assert_eq!(error["message"], "User could not be found (COMMAND-M9dsd)");
 }

@@ -1,5 +1,5 @@
-//! The integration suite: every case runs against the real server over REST, gRPC and gRPC-web,
-//! on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
+//! The integration suite: every case runs against the real server over REST, gRPC, gRPC-web and
+//! Connect (JSON), on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
 
 mod abuse;
 mod cases;
@@ -34,6 +34,8 @@ macro_rules! every_protocol_and_backend {
         matrix!(postgres_rest, Postgres, Rest, $cases);
         matrix!(postgres_grpc, Postgres, Grpc, $cases);
         matrix!(postgres_grpc_web, Postgres, GrpcWeb, $cases);
+        matrix!(sqlite_connect, Sqlite, Connect, $cases);
+        matrix!(postgres_connect, Postgres, Connect, $cases);
     };
 }
 
@@ -89,6 +91,7 @@ matrix!(
         rest_refuses_oversized_bodies,
         rest_health_endpoints_answer,
         request_ids_are_taken_or_made_and_echoed,
+        connect_answers_protobuf_bodies,
     ]
 );
 matrix!(

@@ -42,6 +42,8 @@ pub enum Protocol {
     Rest,
     Grpc,
     GrpcWeb,
+    /// Connect unary calls with JSON bodies on the gRPC paths.
+    Connect,
 }
 
 /// How a harness is set up.
@@ -596,6 +598,21 @@ impl Harness {
                 }
             }
             Protocol::Grpc => self.grpc_call(grpc_method, auth, request).await,
+            Protocol::Connect => {
+                let body = serde_json::to_vec(&request).unwrap();
+                let path = format!("/{grpc_method}");
+                let (status, headers, bytes) = self
+                    .rest_raw(http_method_for_connect(), &path, auth, Some(body))
+                    .await;
+                if status == 200 {
+                    Ok(
+                        serde_json::from_slice(&bytes)
+                            .expect("Connect body parses as the response"),
+                    )
+                } else {
+                    Err(connect_error(status, &headers, &bytes))
+                }
+            }
             Protocol::GrpcWeb => self.grpc_web_call(grpc_method, auth, request).await,
         }
     }
@@ -816,6 +833,58 @@ fn rest_error(status: u16, headers: &http::HeaderMap, bytes: &[u8]) -> ApiError 
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
+    }
+}
+
+fn http_method_for_connect() -> &'static str {
+    "POST"
+}
+
+/// Connect's error JSON, with its code name checked against its HTTP status.
+fn connect_error(status: u16, headers: &http::HeaderMap, bytes: &[u8]) -> ApiError {
+    assert_eq!(
+        headers["content-type"], "application/json",
+        "Connect error content type"
+    );
+    let body: serde_json::Value = serde_json::from_slice(bytes).expect("Connect error JSON");
+    let (code, expected_status) = match body["code"].as_str().expect("code is a name") {
+        "invalid_argument" => (3, 400),
+        "deadline_exceeded" => (4, 504),
+        "not_found" => (5, 404),
+        "already_exists" => (6, 409),
+        "permission_denied" => (7, 403),
+        "resource_exhausted" => (8, 429),
+        "failed_precondition" => (9, 400),
+        "unimplemented" => (12, 501),
+        "internal" => (13, 500),
+        "unavailable" => (14, 503),
+        "unauthenticated" => (16, 401),
+        other => panic!("unknown Connect code {other}"),
+    };
+    assert_eq!(
+        status, expected_status,
+        "HTTP status of Connect code {}",
+        body["code"]
+    );
+    let details = body["details"]
+        .as_array()
+        .expect("details array")
+        .iter()
+        .map(|d| {
+            assert_eq!(d["type"], "zitadel.v1.ErrorDetail");
+            let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(d["value"].as_str().unwrap().trim_end_matches('='))
+                .expect("value is base64");
+            let detail = ErrorDetail::decode(bytes.as_slice()).expect("ErrorDetail decodes");
+            (detail.id, detail.message)
+        })
+        .collect();
+    ApiError {
+        code,
+        message: body["message"].as_str().unwrap().to_owned(),
+        details,
+        http_status: None,
+        www_authenticate: None,
     }
 }
 

@@ -1,0 +1,200 @@
+//! The Connect protocol's unary calls (as ZITADEL v2 serves them): `POST` on the gRPC paths with
+//! an `application/json` or `application/proto` body holding the bare request message, answered
+//! with the bare response message, or with Connect's error JSON
+//! `{"code": "not_found", "message": …, "details": [{"type": …, "value": <base64 proto>}]}`.
+//! Requests of other content types go on to gRPC and gRPC-web.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::observe::{self, Protocol};
+use super::{Api, MAX_BODY_BYTES, rpc};
+use crate::domain::error::{Code, Error};
+use crate::domain::types::Caller;
+use crate::proto::zitadel::v1::ErrorDetail;
+
+/// An oversized body: RESOURCE_EXHAUSTED, as gRPC answers it.
+const TOO_LARGE: crate::domain::error::Rejection = crate::domain::error::Rejection {
+    code: Code::ResourceExhausted,
+    id: "CONNECT-s1ze0",
+    message: "The request exceeds 64 KiB",
+};
+
+/// How a Connect message is encoded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Json,
+    Proto,
+}
+
+impl Codec {
+    fn of(request: &Request) -> Option<Self> {
+        let content_type = request.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+        match content_type.split(';').next()?.trim() {
+            "application/json" => Some(Codec::Json),
+            "application/proto" => Some(Codec::Proto),
+            _ => None,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Codec::Json => "application/json",
+            Codec::Proto => "application/proto",
+        }
+    }
+
+    fn decode<T: Message + Default + DeserializeOwned>(self, body: &[u8]) -> Result<T, Error> {
+        let bad =
+            || Error::Validation("the request body does not decode as the request message".into());
+        match self {
+            Codec::Json if body.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
+            Codec::Json => serde_json::from_slice(body).map_err(|_| bad()),
+            Codec::Proto => T::decode(body).map_err(|_| bad()),
+        }
+    }
+
+    fn encode<T: Message + Serialize>(self, message: &T) -> Vec<u8> {
+        match self {
+            Codec::Json => serde_json::to_vec(message).expect("messages serialize"),
+            Codec::Proto => message.encode_to_vec(),
+        }
+    }
+}
+
+/// Connect's name and HTTP status for a code.
+fn connect_code(code: Code) -> (&'static str, StatusCode) {
+    match code {
+        Code::InvalidArgument => ("invalid_argument", StatusCode::BAD_REQUEST),
+        Code::DeadlineExceeded => ("deadline_exceeded", StatusCode::GATEWAY_TIMEOUT),
+        Code::NotFound => ("not_found", StatusCode::NOT_FOUND),
+        Code::AlreadyExists => ("already_exists", StatusCode::CONFLICT),
+        Code::PermissionDenied => ("permission_denied", StatusCode::FORBIDDEN),
+        Code::ResourceExhausted => ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS),
+        Code::FailedPrecondition => ("failed_precondition", StatusCode::BAD_REQUEST),
+        Code::Unimplemented => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
+        Code::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        Code::Unavailable => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        Code::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED),
+    }
+}
+
+/// An error as Connect's error JSON.
+fn error_response(error: &Error) -> Response {
+    super::log_server_fault(error);
+    let public = error.public();
+    let (code, status) = connect_code(public.code);
+    let details: Vec<serde_json::Value> = public
+        .detail
+        .map(|(id, message)| {
+            let detail = ErrorDetail {
+                id: id.to_owned(),
+                message: message.to_owned(),
+            };
+            serde_json::json!({
+                "type": "zitadel.v1.ErrorDetail",
+                "value": STANDARD_NO_PAD.encode(detail.encode_to_vec()),
+                "debug": { "id": id, "message": message },
+            })
+        })
+        .into_iter()
+        .collect();
+    let body = serde_json::json!({ "code": code, "message": public.message, "details": details });
+    (status, axum::Json(body)).into_response()
+}
+
+/// Decodes the request, runs the RPC and encodes its answer.
+async fn unary<Req, Resp, Fut>(
+    codec: Codec,
+    body: &[u8],
+    run: impl FnOnce(Req) -> Fut,
+) -> Result<Vec<u8>, Error>
+where
+    Req: Message + Default + DeserializeOwned,
+    Resp: Message + Serialize,
+    Fut: Future<Output = Result<Resp, Error>>,
+{
+    let request = codec.decode(body)?;
+    Ok(codec.encode(&run(request).await?))
+}
+
+/// Runs the RPC named by `path` (`/<package>.<Service>/<Method>`).
+async fn dispatch(
+    api: &Api,
+    caller: &Caller,
+    path: &str,
+    codec: Codec,
+    body: &[u8],
+) -> Option<(&'static str, Result<Vec<u8>, Error>)> {
+    let service = &api.service;
+    macro_rules! route {
+        ($($path:literal => $name:literal, $rpc:path;)*) => {
+            match path {
+                $($path => Some(($name, unary(codec, body, |request| $rpc(service, caller, request)).await)),)*
+                _ => None,
+            }
+        };
+    }
+    route! {
+        "/zitadel.user.v2.UserService/AddHumanUser" => "AddHumanUser", rpc::add_human_user;
+        "/zitadel.user.v2.UserService/GetUserByID" => "GetUserByID", rpc::get_user_by_id;
+        "/zitadel.user.v2.UserService/DeleteUser" => "DeleteUser", rpc::delete_user;
+        "/zitadel.user.v2.UserService/LockUser" => "LockUser", rpc::lock_user;
+        "/zitadel.user.v2.UserService/UnlockUser" => "UnlockUser", rpc::unlock_user;
+        "/zitadel.user.v2.UserService/ListAuthenticationMethodTypes" => "ListAuthenticationMethodTypes", rpc::list_authentication_method_types;
+        "/zitadel.user.v2.UserService/RegisterTOTP" => "RegisterTOTP", rpc::register_totp;
+        "/zitadel.user.v2.UserService/VerifyTOTPRegistration" => "VerifyTOTPRegistration", rpc::verify_totp_registration;
+        "/zitadel.user.v2.UserService/RemoveTOTP" => "RemoveTOTP", rpc::remove_totp;
+        "/totpservice.v1.TOTPService/CheckTOTP" => "CheckTOTP", rpc::check_totp;
+    }
+}
+
+/// Middleware on the gRPC paths: answers Connect requests, passes the rest on.
+pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(codec) = Codec::of(&request) else {
+        return next.run(request).await;
+    };
+    let started = Instant::now();
+    let path = request.uri().path().to_owned();
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or("").to_owned());
+    let caller = match api.auth.authenticate(header.as_deref()).await {
+        Ok(caller) => caller,
+        Err(error) => return error_response(&error),
+    };
+    let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => return error_response(&Error::Rejected(TOO_LARGE)),
+    };
+    let Some((rpc_name, result)) = dispatch(&api, &caller, &path, codec, &body).await else {
+        return error_response(&Error::Rejected(crate::domain::error::Rejection {
+            code: Code::Unimplemented,
+            id: "CONNECT-n0rpc",
+            message: "No such method",
+        }));
+    };
+    observe::finish(rpc_name, Protocol::Connect, started, result.as_ref().err());
+    match result {
+        Ok(encoded) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(codec.content_type()),
+            )],
+            Bytes::from(encoded),
+        )
+            .into_response(),
+        Err(error) => error_response(&error),
+    }
+}
