@@ -7,6 +7,7 @@ pub mod auth;
 pub mod connect;
 pub mod grpc;
 pub mod observe;
+pub mod openapi;
 pub mod rest;
 pub mod rpc;
 
@@ -172,6 +173,10 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(openapi::document()) }),
+        )
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(api);
 

@@ -5,10 +5,12 @@ mod abuse;
 mod cases;
 mod lifecycle;
 mod logs;
+mod openapi;
 mod support;
 
 use abuse::*;
 use cases::*;
+use openapi::*;
 
 /// Declares one test per case, for one backend and one protocol.
 macro_rules! matrix {
@@ -92,6 +94,7 @@ matrix!(
         rest_health_endpoints_answer,
         request_ids_are_taken_or_made_and_echoed,
         connect_answers_protobuf_bodies,
+        openapi_document_matches_live_responses,
     ]
 );
 matrix!(
