@@ -230,16 +230,28 @@ impl Service {
 
     /// Whether the database answers (for `/readyz`).
     pub async fn ready(&self) -> Result<(), Error> {
-        self.bounded(self.store.ping()).await
+        self.bounded(|store| async move { store.ping().await })
+            .await
     }
 
-    /// Runs storage work within the request timeout. Dropping unfinished work rolls its
-    /// transaction back, so a timed-out command changes nothing (unless its commit had already
-    /// gone out, in which case it changed exactly what it decided).
-    async fn bounded<T>(&self, work: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        tokio::time::timeout(self.settings.request_timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(TOO_SLOW.into()))
+    /// Runs storage work in its own task and waits for it at most the request timeout.
+    ///
+    /// The work is never cancelled half-way: a database driver interrupted between sending a
+    /// statement and reading its answer can leave a connection inside a transaction, holding
+    /// locks (SQLite's write lock blocks every writer). So the task runs to its end even when
+    /// the client goes away or the timeout answers first; then, as gRPC's DEADLINE_EXCEEDED
+    /// says, the command may or may not have taken effect, and either way it is whole.
+    async fn bounded<T, Work>(&self, work: impl FnOnce(Arc<dyn Store>) -> Work) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        Work: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let task = tokio::spawn(work(self.store.clone()));
+        match tokio::time::timeout(self.settings.request_timeout, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(failed)) => Err(Error::Internal(format!("storage task failed: {failed}"))),
+            Err(_) => Err(TOO_SLOW.into()),
+        }
     }
 
     /// Runs `decide` on an existing user inside a write transaction, after the access checks.
@@ -270,7 +282,8 @@ impl Service {
                 Some(refusal) => Ok(draft.finish_failing(refusal)),
             }
         });
-        self.bounded(self.store.update(user_id.as_str(), decision))
+        let user_id = user_id.as_str().to_owned();
+        self.bounded(move |store| async move { store.update(&user_id, decision).await })
             .await
     }
 
@@ -597,7 +610,10 @@ impl Service {
             draft.append(events::OTP_ADDED, json!({ "imported": true }));
             draft.append(events::OTP_VERIFIED, json!({ "imported": true }));
         }
-        let committed = self.bounded(self.store.insert_user(draft.finish())).await?;
+        let changes = draft.finish();
+        let committed = self
+            .bounded(move |store| async move { store.insert_user(changes).await })
+            .await?;
         Ok((user_id, committed.details))
     }
 
@@ -609,7 +625,11 @@ impl Service {
         access: Access,
     ) -> Result<Snapshot, Error> {
         access.precheck(caller, user_id.as_str())?;
-        let snapshot = existing(self.bounded(self.store.load(user_id.as_str())).await?)?;
+        let id = user_id.as_str().to_owned();
+        let snapshot = existing(
+            self.bounded(move |store| async move { store.load(&id).await })
+                .await?,
+        )?;
         access.check(
             caller,
             &snapshot.user.user_id,
@@ -711,7 +731,8 @@ impl Service {
             });
             Ok(draft.finish())
         });
-        self.bounded(self.store.update(user_id, decision))
+        let user_id = user_id.to_owned();
+        self.bounded(move |store| async move { store.update(&user_id, decision).await })
             .await
             .map(|_| ())
     }

@@ -229,3 +229,35 @@ pub async fn requests_over_64_kib_are_refused(backend: Backend, protocol: Protoc
     // The service is still fine.
     h.get_user(&h.admin(), &user.id).await.unwrap();
 }
+
+pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protocol: Protocol) {
+    let h = Harness::start(options(backend, protocol, 5)).await;
+    let (user, secret) = h.user_with_pending_totp().await;
+    // The same data, served by an instance whose request timeout nothing can meet.
+    let mut impatient = options(backend, protocol, 5);
+    impatient.request_timeout = std::time::Duration::from_nanos(1);
+    let slow = h.start_beside(impatient).await;
+    let error = slow
+        .verify_totp(&slow.admin(), &user.id, &h.code(&secret, 0))
+        .await
+        .unwrap_err();
+    error.assert_rejected(4, "COMMAND-t1me0", "The request took too long");
+    // The abandoned command ran to its end (or not at all) and left no lock behind: the other
+    // instance writes at once, and the user is either still pending or verified, never between.
+    let other = h.new_user().await;
+    h.register_totp(&h.admin(), &other.id).await.unwrap();
+    let sequence = h
+        .get_user(&h.admin(), &user.id)
+        .await
+        .unwrap()
+        .details
+        .unwrap()
+        .sequence;
+    assert!(sequence == 2 || sequence == 3, "sequence {sequence}");
+    let methods = h
+        .list_methods(&h.admin(), &user.id)
+        .await
+        .unwrap()
+        .auth_method_types;
+    assert_eq!(methods.is_empty(), sequence == 2);
+}

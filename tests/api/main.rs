@@ -7,10 +7,12 @@ mod lifecycle;
 mod logs;
 mod openapi;
 mod support;
+mod tokens;
 
 use abuse::*;
 use cases::*;
 use openapi::*;
+use tokens::*;
 
 /// Declares one test per case, for one backend and one protocol.
 macro_rules! matrix {
@@ -78,6 +80,9 @@ every_protocol_and_backend!([
     secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them,
     requests_over_64_kib_are_refused,
     metrics_count_requests_by_rpc_protocol_and_code,
+    requests_that_take_too_long_are_abandoned,
+    tokens_verify_against_a_jwks_url,
+    tokens_verify_against_a_jwks_file,
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.
@@ -95,6 +100,7 @@ matrix!(
         request_ids_are_taken_or_made_and_echoed,
         connect_answers_protobuf_bodies,
         openapi_document_matches_live_responses,
+        grpc_health_and_reflection_answer_without_a_token,
     ]
 );
 matrix!(

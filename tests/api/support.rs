@@ -57,6 +57,9 @@ pub struct Options {
     pub lockout: Duration,
     /// `TOTP_ENCRYPTION_KEYS`; `None` uses the key file in the data folder.
     pub encryption_keys: Option<String>,
+    /// `TOTP_JWKS`; `None` trusts the local signing key.
+    pub jwks: Option<String>,
+    pub request_timeout: Duration,
 }
 
 impl Options {
@@ -68,6 +71,8 @@ impl Options {
             max_attempts: 5,
             lockout: Duration::from_secs(300),
             encryption_keys: None,
+            jwks: None,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -196,7 +201,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url,
         data_dir: data_dir.to_owned(),
-        jwks: None,
+        jwks: options.jwks.clone(),
         token_issuer: ISSUER.to_owned(),
         token_audience: Some(AUDIENCE.to_owned()),
         roles_claim: ROLES_CLAIM.to_owned(),
@@ -204,7 +209,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         encryption_keys: options.encryption_keys.clone(),
         max_attempts: options.max_attempts,
         lockout_duration: options.lockout,
-        request_timeout: Duration::from_secs(10),
+        request_timeout: options.request_timeout,
         shutdown_grace: Duration::from_secs(5),
         db_wait: Duration::from_secs(5),
         cors_origins: vec![],
@@ -284,6 +289,15 @@ impl Harness {
     /// Moves the pinned clock forward by whole steps.
     pub fn advance_steps(&self, steps: u64) {
         self.clock.advance(Duration::from_secs(30 * steps));
+    }
+
+    /// A gRPC channel to the server (any protocol's harness).
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connects")
     }
 
     pub fn rules(&self) -> TokenRules {
