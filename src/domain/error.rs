@@ -1,8 +1,6 @@
 //! The one error type of the domain. Every expected refusal is a [`Rejection`] with the gRPC code,
 //! ZITADEL's error id and its English message (SPEC.md §3); the transports only translate it.
 
-use std::fmt;
-
 /// The gRPC status codes this service answers with. The transports map them to HTTP statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
@@ -187,12 +185,6 @@ impl Error {
     /// Whether the cause should be logged (the client never sees it).
     pub fn is_server_fault(&self) -> bool {
         matches!(self, Error::Unavailable(_) | Error::Internal(_))
-    }
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", *self as i32)
     }
 }
 

@@ -401,13 +401,16 @@ impl Store for SqlStore {
         let user = &changes.user;
         let profile = serde_json::to_string(&user.profile)
             .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
+        // Connection first, then the SQLite writer queue: the order `update` takes them in.
+        // (The other order deadlocked: queued writers held every connection.)
+        let mut conn = self.acquire().await?;
         let _writer = match self.dialect {
             Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
             Dialect::Postgres => None,
         };
         let begun = match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
+            Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => conn.begin().await,
         };
         let mut tx = begun.map_err(|e| classify("beginning a transaction", e))?;
         let inserted = sqlx::query(INSERT_USER)

@@ -124,6 +124,36 @@ fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
     )
 }
 
+/// Most bytes read from an HTTP/1 request body before answering (see [`read_http1_body`]).
+const HTTP1_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Reads an HTTP/1 request body to its end before the request is handled. A handler that
+/// refuses an oversized body without reading it would leave the client still sending; the
+/// connection then closes with unread data and the client may see a reset instead of the
+/// error. Up to [`HTTP1_DRAIN_BYTES`] are read (and the size limits below still apply);
+/// beyond that, a bare 413. HTTP/2 (gRPC, and its streaming reflection) is left alone: a stream
+/// can be refused without harm to the connection.
+async fn read_http1_body(
+    request: http::Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if request.version() >= http::Version::HTTP_2 {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, HTTP1_DRAIN_BYTES).await {
+        Ok(bytes) => {
+            next.run(http::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Err(_) => http::StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    }
+}
+
 /// Marks gRPC-web requests, so that the gRPC handlers (which see them translated to gRPC) can
 /// tell the two apart in metrics and logs.
 async fn tag_protocol(
@@ -191,6 +221,7 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
         .fallback(rest::not_found)
         .layer(cors(cors_origins))
         .layer(axum::middleware::map_request(tag_protocol))
+        .layer(axum::middleware::from_fn(read_http1_body))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))

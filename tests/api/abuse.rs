@@ -261,3 +261,24 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
         .auth_method_types;
     assert_eq!(methods.is_empty(), sequence == 2);
 }
+
+pub async fn parallel_new_users_and_changes_do_not_starve_each_other(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    // More parallel writers than pool connections (4 in tests), adding users and locking them.
+    let h = Arc::new(Harness::start(options(backend, protocol, 5)).await);
+    let mut calls = JoinSet::new();
+    for _ in 0..24 {
+        let h = h.clone();
+        calls.spawn(async move {
+            let user = h.new_user().await;
+            h.lock_user(&h.admin(), &user.id).await.map(|_| ())
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(result) = calls.join_next().await {
+        tally.add(result.unwrap());
+    }
+    assert_eq!(tally.ok, 24, "{tally:?}");
+}

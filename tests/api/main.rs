@@ -81,6 +81,7 @@ every_protocol_and_backend!([
     requests_over_64_kib_are_refused,
     metrics_count_requests_by_rpc_protocol_and_code,
     requests_that_take_too_long_are_abandoned,
+    parallel_new_users_and_changes_do_not_starve_each_other,
     tokens_verify_against_a_jwks_url,
     tokens_verify_against_a_jwks_file,
 ]);
