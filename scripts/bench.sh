@@ -85,7 +85,8 @@ run_service() { # $1 = label, rest = env assignments
         --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
     "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" \
-        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results"
+        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
+        || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
     kill "$service_pid"
 }
 

@@ -649,6 +649,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     rate_estimate = rate_estimate.max(report.rps);
                 }
                 unexpected += report.unexpected;
+                if report.unexpected > 0 {
+                    eprintln!(
+                        "unexpected outcomes in {scenario:?} over {protocol:?} at {concurrency}: {:?}",
+                        report.outcomes
+                    );
+                }
                 print_report(&report, args.json);
             }
         }

@@ -10,6 +10,7 @@ pub mod observe;
 pub mod openapi;
 pub mod rest;
 pub mod rpc;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -207,6 +208,8 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
             "/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
         )
+        .route("/ui/enroll", get(ui::enroll_page))
+        .route("/ui/qr", axum::routing::post(ui::qr_code))
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(api);
 

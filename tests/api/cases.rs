@@ -1039,3 +1039,37 @@ pub async fn connect_answers_protobuf_bodies(backend: Backend, protocol: Protoco
     assert_eq!(error["code"], "not_found");
     assert_eq!(error["message"], "User could not be found (COMMAND-M9dsd)");
 }
+
+pub async fn the_enrolment_page_and_its_qr_codes_are_served(backend: Backend, protocol: Protocol) {
+    let h = harness(backend, protocol).await;
+    let (status, headers, body) = h.rest_raw("GET", "/ui/enroll", &Auth::None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let page = String::from_utf8(body).unwrap();
+    for needle in [
+        "zitadel.user.v2.UserService/RegisterTOTP",
+        "zitadel.user.v2.UserService/VerifyTOTPRegistration",
+        "application/grpc-web+proto",
+        "/ui/qr",
+    ] {
+        assert!(page.contains(needle), "the page uses {needle}");
+    }
+    let user = h.new_user().await;
+    let uri = h.register_totp(&h.admin(), &user.id).await.unwrap().uri;
+    let (status, headers, svg) = h
+        .rest_raw_typed(
+            "POST",
+            "/ui/qr",
+            &Auth::None,
+            Some(("text/plain", uri.into_bytes())),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "image/svg+xml");
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("<path"), "{svg}");
+    assert!(
+        !svg.contains("otpauth"),
+        "the secret is drawn, not written, into the picture"
+    );
+}

@@ -102,6 +102,7 @@ matrix!(
         connect_answers_protobuf_bodies,
         openapi_document_matches_live_responses,
         grpc_health_and_reflection_answer_without_a_token,
+        the_enrolment_page_and_its_qr_codes_are_served,
     ]
 );
 matrix!(
