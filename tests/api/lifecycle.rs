@@ -2,69 +2,20 @@
 //! service answered is answered completely, every acknowledged write is stored, and no request
 //! that failed to connect left a trace; `/readyz` turns false while draining.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use crate::binary::{admin_token, serve};
 use crate::support::unique;
 use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp::{self, Algorithm, Secret};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_totp-service");
-
-/// Starts `serve` on SQLite in `data_dir`; returns the process and its address.
-fn start(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BINARY)
-        .arg("serve")
-        .env("TOTP_DATA_DIR", data_dir)
-        .env("TOTP_LISTEN", "127.0.0.1:0")
-        .env("TOTP_LOG_FORMAT", "json")
-        .env("TOTP_SHUTDOWN_GRACE", "10s")
-        .env("RUST_LOG", "info")
-        .env_remove("DATABASE_URL")
-        .env_remove("TOTP_JWKS")
-        .env_remove("TOTP_ENCRYPTION_KEYS")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited early"
-        );
-        if line.contains("serving REST") {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break json["fields"]["address"].as_str().unwrap().to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
+/// Keeps reading a server's log so it never blocks on a full pipe.
+fn drain(mut stderr: std::io::BufReader<std::process::ChildStderr>) {
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, address)
-}
-
-fn token(data_dir: &std::path::Path) -> String {
-    let output = Command::new(BINARY)
-        .args([
-            "token",
-            "--sub",
-            "admin",
-            "--grant",
-            "user.write@*",
-            "--grant",
-            "user.read@*",
-        ])
-        .args(["--grant", "session.write@*"])
-        .env("TOTP_DATA_DIR", data_dir)
-        .env_remove("TOTP_JWKS")
-        .output()
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 fn current_code(secret: &str) -> String {
@@ -76,8 +27,13 @@ fn current_code(secret: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_burst_loses_no_request() {
     let data_dir = tempfile::tempdir().unwrap();
-    let (mut server, address) = start(data_dir.path());
-    let token = token(data_dir.path());
+    let started = serve(data_dir.path(), &[("TOTP_SHUTDOWN_GRACE", "10s")]);
+    let (mut server, address) = (started.process, started.address);
+    drain(started.stderr);
+    let token = admin_token(
+        data_dir.path(),
+        &["user.write", "user.read", "session.write"],
+    );
     let http = reqwest::Client::new();
     let secret = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 
@@ -168,7 +124,9 @@ async fn sigterm_during_a_burst_loses_no_request() {
     }
 
     // After a restart: exactly the answered checks are stored, and nothing else.
-    let (mut restarted, address) = start(data_dir.path());
+    let restart = serve(data_dir.path(), &[]);
+    let (mut restarted, address) = (restart.process, restart.address);
+    drain(restart.stderr);
     let answered_users: std::collections::HashSet<usize> =
         answered.iter().map(|(i, _, _)| *i).collect();
     for (index, user) in users.iter().enumerate() {

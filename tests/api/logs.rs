@@ -2,15 +2,13 @@
 //! (with a wrong code too) over REST, and asserts that neither the secret nor any code submitted
 //! appears anywhere in what it logged.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::io::Read;
 use std::time::Duration;
 
+use crate::binary::{Server, admin_token, serve};
 use crate::support::unique;
 use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp::{self, Algorithm, Secret};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_totp-service");
 
 fn code_at_offset(secret: &str, offset: i64) -> String {
     let secret = Secret::from_base32(secret).unwrap();
@@ -30,49 +28,17 @@ fn contains_number(haystack: &str, needle: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_contain_secrets_or_codes() {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(BINARY)
-        .arg("serve")
-        .env("TOTP_DATA_DIR", data_dir.path())
-        .env("TOTP_LISTEN", "127.0.0.1:0")
-        .env("TOTP_LOG_FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .env_remove("DATABASE_URL")
-        .env_remove("TOTP_JWKS")
-        .env_remove("TOTP_ENCRYPTION_KEYS")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("server starts");
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut logged = String::new();
-    let address = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited early:\n{logged}"
-        );
-        logged.push_str(&line);
-        if line.contains("serving REST") {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break json["fields"]["address"].as_str().unwrap().to_owned();
-        }
-    };
-    let token = Command::new(BINARY)
-        .args([
-            "token",
-            "--sub",
-            "admin",
-            "--grant",
-            "user.write@*",
-            "--grant",
-            "user.credential.write@*",
-        ])
-        .args(["--grant", "session.write@*"])
-        .env("TOTP_DATA_DIR", data_dir.path())
-        .env_remove("TOTP_JWKS")
-        .output()
-        .unwrap();
-    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let Server {
+        mut process,
+        address,
+        mut stderr,
+        startup_log,
+    } = serve(data_dir.path(), &[("RUST_LOG", "trace")]);
+    let mut logged = startup_log;
+    let token = admin_token(
+        data_dir.path(),
+        &["user.write", "user.credential.write", "session.write"],
+    );
 
     let http = reqwest::Client::new();
     let user_id = unique("logged");
@@ -130,8 +96,8 @@ async fn logs_never_contain_secrets_or_codes() {
 
     // Stop the server and read everything it logged.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    server.kill().unwrap();
-    server.wait().unwrap();
+    process.kill().unwrap();
+    process.wait().unwrap();
     stderr.read_to_string(&mut logged).unwrap();
 
     assert!(

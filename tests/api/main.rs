@@ -2,6 +2,7 @@
 //! Connect (JSON), on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
 
 mod abuse;
+mod binary;
 mod cases;
 mod lifecycle;
 mod logs;
