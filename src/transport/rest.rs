@@ -2,6 +2,8 @@
 //! authenticates, reads the body into the request message (the path's `user_id` wins), and calls
 //! the shared RPC function in [`super::rpc`]. Errors become the REST error body in one place.
 
+use std::time::Instant;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,8 +12,6 @@ use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-
-use std::time::Instant;
 
 use super::observe::{self, Protocol};
 use super::{Api, MAX_BODY_BYTES, rpc};
