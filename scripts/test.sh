@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests, and the integration tests over REST, gRPC and gRPC-web
-# against SQLite and a real Postgres. Without DATABASE_URL it starts a throwaway Postgres cluster
-# from the installed binaries (Debian's postgresql-15 or any `initdb` on PATH) and removes it after.
+# Runs the whole test suite: unit tests, the integration tests over REST, gRPC, gRPC-web and
+# Connect against SQLite and a real Postgres, and the browser test (tests/browser/run.sh, which
+# installs Chromium and playwright-core when missing). Without DATABASE_URL it starts a throwaway
+# Postgres cluster from the installed binaries (Debian's postgresql-15 or any `initdb` on PATH)
+# and removes it after.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh sqlite_rest`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,3 +39,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 
 cargo test --locked "$@"
+
+# The browser test (headless Chromium on the enrolment page) with the full run; a filtered run
+# (`scripts/test.sh <filter>`) is about the Rust tests only.
+if [ "$#" = 0 ]; then
+    tests/browser/run.sh
+fi
