@@ -126,6 +126,7 @@ pub struct App {
     router: Router,
     service: Service,
     draining: Arc<AtomicBool>,
+    drain_delay: Duration,
     grace: Duration,
 }
 
@@ -142,14 +143,15 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App
         router: transport::router(api, &config.cors_origins).await?,
         service,
         draining,
+        drain_delay: config.drain_delay,
         grace: config.shutdown_grace,
     })
 }
 
 impl App {
     /// Serves on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves; then `/readyz` turns
-    /// false, no new connection is taken, in-flight requests get the grace period to finish, and
-    /// the database pool is closed.
+    /// false while requests are still served for the drain delay, then no new connection is
+    /// taken, in-flight requests get the grace period to finish, and the database pool is closed.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -158,11 +160,19 @@ impl App {
         let draining = self.draining.clone();
         let signalled = Arc::new(tokio::sync::Notify::new());
         let notify = signalled.clone();
+        let drain_delay = self.drain_delay;
         let stop = async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
+            if !drain_delay.is_zero() {
+                tracing::info!(
+                    ?drain_delay,
+                    "shutting down: readiness off, still serving for the drain delay"
+                );
+                tokio::time::sleep(drain_delay).await;
+            }
             notify.notify_one();
-            tracing::info!("shutting down: readiness off, finishing in-flight requests");
+            tracing::info!("shutting down: no new connections, finishing in-flight requests");
         };
         let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
         let grace = self.grace;

@@ -142,6 +142,11 @@ pub struct Config {
     #[arg(long, env = "TOTP_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
     pub request_timeout: Duration,
 
+    /// After SIGTERM/SIGINT, how long to keep serving with `/readyz` at 503 before refusing new
+    /// connections, so load balancers see the service leave before it stops answering.
+    #[arg(long, env = "TOTP_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub drain_delay: Duration,
+
     /// How long to finish in-flight requests after SIGTERM/SIGINT before closing them.
     #[arg(long, env = "TOTP_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
@@ -219,6 +224,7 @@ impl fmt::Debug for Config {
             .field("max_attempts", &self.max_attempts)
             .field("lockout_duration", &self.lockout_duration)
             .field("request_timeout", &self.request_timeout)
+            .field("drain_delay", &self.drain_delay)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("db_wait", &self.db_wait)
             .field("cors_origins", &self.cors_origins)

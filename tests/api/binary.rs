@@ -18,10 +18,25 @@ pub struct Server {
     pub startup_log: String,
 }
 
-/// Starts `serve` on SQLite in `data_dir` with JSON logs, port 0 and `env` added.
+/// Starts `serve` on SQLite in `data_dir` with JSON logs, port 0 and `env` added, and waits
+/// until it listens.
+pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+    let (process, mut stderr) = spawn_serve(data_dir, env);
+    let (startup_log, serving) = read_log_until(&mut stderr, "serving REST");
+    let json: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let address = json["fields"]["address"].as_str().unwrap().to_owned();
+    Server {
+        process,
+        address,
+        stderr,
+        startup_log,
+    }
+}
+
+/// Starts `serve` like [`serve`] but returns at once, with the log still to be read.
 // The process is handed to the caller, who stops and waits for it.
 #[allow(clippy::zombie_processes)]
-pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+pub fn spawn_serve(data_dir: &Path, env: &[(&str, &str)]) -> (Child, BufReader<ChildStderr>) {
     let mut command = Command::new(BINARY);
     command
         .arg("serve")
@@ -37,24 +52,23 @@ pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         command.env(key, value);
     }
     let mut process = command.spawn().expect("server starts");
-    let mut stderr = BufReader::new(process.stderr.take().unwrap());
-    let mut startup_log = String::new();
+    let stderr = BufReader::new(process.stderr.take().unwrap());
+    (process, stderr)
+}
+
+/// Reads log lines until one contains `needle`; returns everything read and that line.
+/// Panics, showing the log, when the process ends first.
+pub fn read_log_until(stderr: &mut BufReader<ChildStderr>, needle: &str) -> (String, String) {
+    let mut log = String::new();
     loop {
         let mut line = String::new();
         assert!(
             stderr.read_line(&mut line).unwrap() > 0,
-            "server exited early:\n{startup_log}"
+            "server exited before logging {needle:?}:\n{log}"
         );
-        startup_log.push_str(&line);
-        if line.contains("serving REST") {
-            let json: serde_json::Value = serde_json::from_str(&line).unwrap();
-            let address = json["fields"]["address"].as_str().unwrap().to_owned();
-            return Server {
-                process,
-                address,
-                stderr,
-                startup_log,
-            };
+        log.push_str(&line);
+        if line.contains(needle) {
+            return (log, line);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The binary's life: SIGTERM during a burst of requests loses none of them. Every request the
+//! The binary's life: SIGTERM during a burst of requests loses none of them (every request the
 //! service answered is answered completely, every acknowledged write is stored, and no request
-//! that failed to connect left a trace; `/readyz` turns false while draining.
+//! that failed to connect left a trace); `/readyz` turns false while draining; start-up waits for
+//! a database that is not up yet.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::binary::{admin_token, serve};
+use crate::binary::{admin_token, read_log_until, serve, spawn_serve};
 use crate::support::unique;
 use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp::{self, Algorithm, Secret};
@@ -154,4 +155,135 @@ async fn sigterm_during_a_burst_loses_no_request() {
     }
     restarted.kill().unwrap();
     restarted.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_false_while_draining_and_requests_are_still_served() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let started = serve(data_dir.path(), &[("TOTP_DRAIN_DELAY", "2s")]);
+    let (mut server, address) = (started.process, started.address);
+    drain(started.stderr);
+    let token = admin_token(data_dir.path(), &["user.read"]);
+    // No connection reuse: every probe is a new connection, as a load balancer's would be.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let ready = |http: reqwest::Client| {
+        let url = format!("http://{address}/readyz");
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ready(http.clone()).await, 200);
+
+    let signalled = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    while ready(http.clone()).await != 503 {
+        assert!(
+            signalled.elapsed() < Duration::from_millis(1500),
+            "/readyz still 200 long after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not ready, but still answering API calls on new connections.
+    let response = http
+        .get(format!("http://{address}/v2/users/nobody"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], 5);
+
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the drain delay was kept"
+    );
+    assert!(
+        http.get(format!("http://{address}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "nothing listens after the exit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_waits_for_a_database_that_is_not_up_yet() {
+    let real = reqwest::Url::parse(&std::env::var("DATABASE_URL").expect(
+        "this test needs DATABASE_URL; run scripts/test.sh, which starts a throwaway cluster",
+    ))
+    .unwrap();
+    let real_address = format!(
+        "{}:{}",
+        real.host_str().unwrap(),
+        real.port().unwrap_or(5432)
+    );
+    // The database will appear on a port where nothing listens yet. The password is not needed
+    // by the test cluster; it is there to prove the retry log line redacts it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut late = real.clone();
+    late.set_host(Some("127.0.0.1")).unwrap();
+    late.set_port(Some(port)).unwrap();
+    late.set_password(Some("hunter2-not-logged")).unwrap();
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let (mut server, mut stderr) = spawn_serve(
+        data_dir.path(),
+        &[("DATABASE_URL", late.as_str()), ("TOTP_DB_WAIT", "60s")],
+    );
+    let (mut stderr, waiting) = tokio::task::spawn_blocking(move || {
+        let (_, line) = read_log_until(&mut stderr, "database not reachable yet");
+        (stderr, line)
+    })
+    .await
+    .unwrap();
+    assert!(waiting.contains("retrying"), "{waiting}");
+    assert!(
+        !waiting.contains("hunter2"),
+        "password in the log: {waiting}"
+    );
+
+    // The database comes up: a plain TCP relay on that port to the real one.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let real_address = real_address.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(real_address).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    let (log, serving, mut stderr_after) = tokio::task::spawn_blocking(move || {
+        let (log, serving) = read_log_until(&mut stderr, "serving REST");
+        (log, serving, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(log.contains("database ready"), "{log}");
+    assert!(!log.contains("hunter2"), "password in the log: {log}");
+    let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let address = serving["fields"]["address"].as_str().unwrap();
+    let ready = reqwest::get(format!("http://{address}/readyz")).await;
+    server.kill().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr_after, &mut rest).unwrap();
+    assert_eq!(ready.unwrap().status(), 200, "{rest}");
+    server.wait().unwrap();
 }

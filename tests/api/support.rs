@@ -210,6 +210,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         max_attempts: options.max_attempts,
         lockout_duration: options.lockout,
         request_timeout: options.request_timeout,
+        drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         db_wait: Duration::from_secs(5),
         cors_origins: vec![],
