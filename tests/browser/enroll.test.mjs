@@ -2,29 +2,10 @@
 // otpauth URI and the QR code the page shows, enter a wrong code and read the typed error, enter
 // the right code (computed here, as a phone would), and check over REST that TOTP is now ready.
 // Usage: node enroll.test.mjs <base URL> <token>
-import { createHmac } from "node:crypto";
 import { chromium } from "playwright-core";
+import { chromiumOptions, fail, totp, wrongCode } from "./otp.mjs";
 
 const [base, token] = process.argv.slice(2);
-const fail = (message) => { console.error("FAIL: " + message); process.exit(1); };
-
-function base32(text) {
-  const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-  let bits = 0, value = 0; const out = [];
-  for (const c of text.replace(/=+$/, "")) {
-    value = (value << 5) | alphabet.indexOf(c); bits += 5;
-    if (bits >= 8) { out.push((value >>> (bits - 8)) & 255); bits -= 8; }
-  }
-  return Buffer.from(out);
-}
-function totp(secret, offset = 0) {
-  const counter = Buffer.alloc(8);
-  counter.writeBigUInt64BE(BigInt(Math.floor(Date.now() / 1000 / 30) + offset));
-  const digest = createHmac("sha1", base32(secret)).update(counter).digest();
-  const at = digest[19] & 15;
-  const number = (digest.readUInt32BE(at) & 0x7fffffff) % 1_000_000;
-  return String(number).padStart(6, "0");
-}
 
 const user = "browser-" + Date.now();
 const headers = { authorization: "Bearer " + token, "content-type": "application/json" };
@@ -35,11 +16,7 @@ const added = await fetch(base + "/v2/users/human", {
 });
 if (added.status !== 200) fail("adding the user: HTTP " + added.status);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await chromium.launch(chromiumOptions);
 try {
   const page = await browser.newPage();
   await page.goto(`${base}/ui/enroll#token=${encodeURIComponent(token)}&user=${encodeURIComponent(user)}`);
@@ -53,9 +30,7 @@ try {
   const secret = new URL(uri.replace("otpauth://", "https://")).searchParams.get("secret");
 
   // A wrong code: the page shows the typed error the service sent.
-  const valid = [-1, 0, 1].map((o) => totp(secret, o));
-  const wrong = ["000000", "111111", "222222"].find((c) => !valid.includes(c));
-  await page.fill("#code", wrong);
+  await page.fill("#code", wrongCode(secret));
   await page.click("#verify");
   await page.waitForFunction(() => document.getElementById("status").textContent !== "");
   const error = await page.textContent("#status");
