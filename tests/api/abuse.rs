@@ -233,24 +233,45 @@ pub async fn requests_over_64_kib_are_refused(backend: Backend, protocol: Protoc
 pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protocol: Protocol) {
     let h = Harness::start(options(backend, protocol, 5)).await;
     let (user, secret) = h.user_with_pending_totp().await;
-    // The same data, served by an instance whose request timeout nothing can meet.
+    // The same data, served by an instance that waits for the database at most 300 ms.
     let mut impatient = options(backend, protocol, 5);
-    impatient.request_timeout = std::time::Duration::from_nanos(1);
-    let slow = h.start_beside(impatient).await;
+    impatient.request_timeout = std::time::Duration::from_millis(300);
+    let slow = h.start_beside(impatient.clone()).await;
+
+    // The database stalls: another session holds the lock the verification's write needs (the
+    // user's row on Postgres, the write lock on SQLite) until the request has been abandoned.
+    let config = h.config(&impatient);
+    let store = totp_service::app::open_store(&config).await.unwrap();
+    let mut stall = store.pool().acquire().await.unwrap();
+    let lock = match backend {
+        Backend::Postgres => format!(
+            "BEGIN; SELECT 1 FROM users WHERE user_id = '{}' FOR UPDATE",
+            user.id
+        ),
+        Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
+    };
+    sqlx::raw_sql(&lock).execute(&mut *stall).await.unwrap();
     let error = slow
         .verify_totp(&slow.admin(), &user.id, &h.code(&secret, 0))
         .await
         .unwrap_err();
     error.assert_rejected(4, "COMMAND-t1me0", "The request took too long");
-    // The abandoned command ran to its end (or not at all) and left no lock behind: the other
-    // instance writes at once, and the user is either still pending or verified, never between.
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *stall)
+        .await
+        .unwrap();
+    drop(stall);
+
+    // The abandoned command runs to its end (or not at all) and leaves no lock behind: others
+    // write at once, and the user is either still pending or verified, never between. It may
+    // still be finishing, so state and sequence come from one read.
     let other = h.new_user().await;
     h.register_totp(&h.admin(), &other.id).await.unwrap();
-    // The abandoned command may still be finishing, so state and sequence come from one read.
     let listed = h.list_methods(&h.admin(), &user.id).await.unwrap();
     let sequence = listed.details.unwrap().processed_sequence;
     assert!(sequence == 2 || sequence == 3, "sequence {sequence}");
     assert_eq!(listed.auth_method_types.is_empty(), sequence == 2);
+    store.pool().close().await;
 }
 
 pub async fn parallel_new_users_and_changes_do_not_starve_each_other(
