@@ -5,13 +5,15 @@
 # with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-8 minutes.
 #
 #   scripts/bench.sh                  # full matrix, 5 s per run
-#   DURATION=2s CONCURRENCY=1,32 scripts/bench.sh
+#   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
 CONCURRENCY=${CONCURRENCY:-1,8,32}
 PROTOCOLS=${PROTOCOLS:-rest,grpc,grpc-web}
+SCENARIOS=${SCENARIOS:-check-valid,check-wrong,check-locked,verify}
+DATABASES=${DATABASES:-postgres,sqlite}
 seconds=${DURATION%s}
 
 cargo build --release --locked --bins >&2
@@ -84,7 +86,7 @@ run_service() { # $1 = label, rest = env assignments
     token=$(TOTP_DATA_DIR="$work/$label" "$bin/totp-service" token --sub bench \
         --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
     "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
-        --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" \
+        --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
         --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
         || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
     kill "$service_pid"
@@ -93,11 +95,13 @@ run_service() { # $1 = label, rest = env assignments
 echo "load on the service (Postgres) ..." >&2
 run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
 
-echo "SQLite ceiling and load on the service (SQLite) ..." >&2
-mkdir -p "$work/ceiling"
-"$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
-    --concurrency "$CONCURRENCY" >> "$results"
-run_service sqlite
+if [[ ",$DATABASES," == *,sqlite,* ]]; then
+    echo "SQLite ceiling and load on the service (SQLite) ..." >&2
+    mkdir -p "$work/ceiling"
+    "$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
+        --concurrency "$CONCURRENCY" >> "$results"
+    run_service sqlite
+fi
 
 python3 - "$results" "$(nproc)" <<'PY'
 import json, sys

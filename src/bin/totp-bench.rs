@@ -119,6 +119,14 @@ enum Scenario {
 }
 
 impl Scenario {
+    /// Requests one user takes, in a row: valid checks use each user for three steps.
+    fn requests_per_user(self) -> usize {
+        match self {
+            Scenario::CheckValid => 3,
+            _ => 1,
+        }
+    }
+
     fn expected(self) -> &'static str {
         match self {
             Scenario::CheckValid | Scenario::Verify => "ok",
@@ -492,19 +500,28 @@ async fn measure(
         workers.spawn(async move {
             let mut latencies = vec![];
             let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-            while Instant::now() < deadline {
-                let Some((user_id, code)) = item(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
-                let sent = Instant::now();
-                let outcome = match scenario {
-                    Scenario::Verify => client.verify(worker, &user_id, code).await,
-                    _ => client.check(worker, &user_id, code).await,
-                };
-                latencies.push(sent.elapsed().as_micros() as u64);
-                *outcomes
-                    .entry(outcome.err().unwrap_or_else(|| "ok".into()))
-                    .or_default() += 1;
+            // A worker takes a user and sends all of that user's requests, one after the other,
+            // so no two requests for one user are in flight at once.
+            'users: while Instant::now() < deadline {
+                let user = next.fetch_add(1, Ordering::Relaxed);
+                for request in 0..scenario.requests_per_user() {
+                    if Instant::now() >= deadline {
+                        break 'users;
+                    }
+                    let Some((user_id, code)) = item(user * scenario.requests_per_user() + request)
+                    else {
+                        break 'users;
+                    };
+                    let sent = Instant::now();
+                    let outcome = match scenario {
+                        Scenario::Verify => client.verify(worker, &user_id, code).await,
+                        _ => client.check(worker, &user_id, code).await,
+                    };
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    *outcomes
+                        .entry(outcome.err().unwrap_or_else(|| "ok".into()))
+                        .or_default() += 1;
+                }
             }
             (latencies, outcomes)
         });
@@ -602,24 +619,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
     let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
     // Requests per second the next run is sized for (updated from each valid-code run).
-    let mut rate_estimate = 3000.0_f64;
+    let mut rate_estimate = 5000.0_f64;
     let mut unexpected = 0;
     for &protocol in &args.protocols {
         let client = Client::new(protocol, &args.target, &args.token).await?;
         for &concurrency in &args.concurrency {
             for &scenario in &args.scenarios {
-                let needed = (rate_estimate * args.duration.as_secs_f64() * 1.3) as usize + 100;
+                let needed = (rate_estimate * args.duration.as_secs_f64() * 1.5) as usize + 100;
                 let item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync> =
                     match scenario {
                         Scenario::CheckValid => {
-                            // Each user gives three checks, steps −1, 0, +1 of the time of the request,
-                            // in that order and a whole pass apart, so every step is fresh.
+                            // Each user gives three checks in a row, steps −1, 0, +1 of the time
+                            // of each request, so every step is fresh and later than the last.
                             let users =
                                 Arc::new(provision(&setup, Kind::Ready, needed / 3 + 1).await?);
                             Arc::new(move |i| {
-                                let (pass, index) = (i / users.len(), i % users.len());
-                                let user = users.get(index).filter(|_| pass < 3)?;
-                                Some((user.id.clone(), code_at(&user.secret, pass as i64 - 1)))
+                                let user = users.get(i / 3)?;
+                                Some((user.id.clone(), code_at(&user.secret, (i % 3) as i64 - 1)))
                             })
                         }
                         Scenario::CheckWrong => {
@@ -669,16 +685,29 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 // ---- the SQLite ceiling -------------------------------------------------------------------------
 
 async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
+    use totp_service::domain::store::Store as _;
     use totp_service::store::{self, StoreOptions};
     let url = format!("sqlite://{}?mode=rwc", args.path.display());
-    let opened = store::open(&StoreOptions {
-        url,
-        max_connections: 8,
+    // The service's schema and settings (WAL is kept in the file), then a plain sqlx pool.
+    store::open(&StoreOptions {
+        url: url.clone(),
+        max_connections: 1,
         acquire_timeout: Duration::from_secs(30),
     })
     .await
-    .context("opening the SQLite file")?;
-    let pool = opened.pool().clone();
+    .context("opening the SQLite file")?
+    .close()
+    .await;
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(8)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 10000").await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
     const ROWS: i64 = 10_000;
     let mut tx = pool.begin().await?;
     for n in 0..ROWS {

@@ -115,7 +115,7 @@ impl AuthFailure {
 }
 
 /// Everything a command can fail with.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The request broke a field rule (code 3, no ErrorDetail).
     #[error("{0}")]

@@ -1,16 +1,18 @@
 //! Storage adapters. [`open`] picks the database from the URL scheme (`postgres://` or
 //! `sqlite://`), runs the migrations and returns the domain's [`Store`](crate::domain::store::Store).
 //!
-//! One implementation ([`sql::SqlStore`]) serves both databases through sqlx's `Any` driver: the
-//! SQL is the same, and the two differences (how a write transaction locks, and the migration
-//! folder) are decided by [`Dialect`] in one place.
+//! One implementation ([`sql::SqlStore`]) serves both databases through sqlx's `Any` driver, over
+//! our own small pool ([`connections`]); the SQL is the same but for the conditional write, which
+//! on Postgres goes through group commit ([`batch`], native driver for array parameters) and on
+//! SQLite through one immediate transaction. [`Dialect`] decides the differences in one place.
 
+pub mod batch;
+pub mod connections;
 pub mod sql;
 
 use std::time::Duration;
 
-use sqlx::any::AnyPoolOptions;
-use sqlx::{Executor, migrate::Migrator};
+use sqlx::migrate::Migrator;
 
 use crate::domain::Error;
 
@@ -67,33 +69,29 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
     let dialect = Dialect::of_url(&options.url).ok_or_else(|| {
         anyhow::anyhow!("DATABASE_URL must start with postgres:// or sqlite: (got another scheme)")
     })?;
-    let pool = AnyPoolOptions::new()
-        .max_connections(options.max_connections)
-        .acquire_timeout(options.acquire_timeout)
-        // sqlx pings a connection before each hand-out by default: a round trip per query. A
-        // dead connection shows as an I/O error on use instead (code 14), and the pool drops it.
-        .test_before_acquire(false)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if dialect == Dialect::Sqlite {
-                    // WAL lets readers run beside the single writer; the busy timeout makes a
-                    // second writer wait for BEGIN IMMEDIATE instead of failing at once.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                }
-                Ok(())
-            })
-        })
-        .connect(&options.url)
-        .await?;
-    Ok(SqlStore::new(pool, dialect))
+    let connections = connections::Connections::open(
+        &options.url,
+        dialect,
+        options.max_connections,
+        options.acquire_timeout,
+    )
+    .await?;
+    let group_commit =
+        (dialect == Dialect::Postgres).then(|| batch::GroupCommit::start(&options.url));
+    Ok(SqlStore::new(connections, dialect, group_commit))
 }
 
 impl SqlStore {
     /// Applies the pending migrations of this store's dialect.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        self.dialect().migrator().run(self.pool()).await?;
+        let migrator = self.dialect().migrator();
+        self.with_connection(async |conn| {
+            migrator
+                .run(conn)
+                .await
+                .map_err(|e| Error::Internal(format!("applying the migrations: {e}")))
+        })
+        .await?;
         Ok(())
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! A write is optimistic: read the user (one statement), let the domain decide, then write the
 //! user row, the events and the TOTP row all or nothing, on the condition that the row's
-//! `version` is still the one read. On Postgres that write is a single statement (data-modifying
-//! CTEs), so a command costs two round trips and holds no lock while the domain decides; SQLite,
-//! which lacks them, writes in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides
-//! again, so the decision always rests on the state it changes.
+//! `version` is still the one read. On Postgres that write joins the concurrent commands' writes
+//! in one statement ([`GroupCommit`]), so no lock is held while the domain decides; SQLite writes
+//! in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so the decision
+//! always rests on the state it changes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use rand::Rng;
 use sqlx::any::{AnyArguments, AnyRow};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, query::Query};
+use sqlx::{Any, AnyConnection, Connection, Row, query::Query};
 
+use super::batch::GroupCommit;
+use super::connections::{Connections, Lease};
 use super::{Dialect, classify};
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
@@ -26,11 +27,13 @@ use crate::domain::store::{
 };
 use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRecord, UserState};
 
-/// The store over one sqlx pool.
+/// The store over one connection pool.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
-    pool: AnyPool,
+    connections: Arc<Connections>,
     dialect: Dialect,
+    /// Postgres: conditional writes go out in batches (see [`GroupCommit`]).
+    group_commit: Option<GroupCommit>,
     /// SQLite has one writer at a time. Queueing this process's writers here, in order, spares
     /// them SQLite's busy handler, which polls with sleeps of up to 100 ms (long tail latencies).
     /// Other processes on the same file still meet the busy timeout.
@@ -154,51 +157,6 @@ fn insert_events_sql(count: usize, first: usize) -> String {
     )
 }
 
-/// The Postgres single-statement write: the user update decides whether anything happens; the
-/// event inserts and the TOTP change only act on the row it returned. Answers 1 row if written.
-fn postgres_write_sql(changes: &Changes, totp_exists: bool) -> String {
-    let events = changes.events.len();
-    let mut sql = format!("WITH u AS ({UPDATE_USER_IF_UNCHANGED} RETURNING user_id)");
-    let mut next = 8;
-    if events > 0 {
-        let casts = [
-            "::text", "::bigint", "::text", "::text", "::text", "::text", "::bigint",
-        ];
-        let rows: Vec<String> = (0..events)
-            .map(|i| placeholders(next + i * 7, &casts))
-            .collect();
-        sql.push_str(&format!(
-            ", e AS (INSERT INTO events ({EVENT_COLUMNS}) SELECT v.* FROM u, (VALUES {}) AS v({EVENT_COLUMNS}))",
-            rows.join(", ")
-        ));
-        next += events * 7;
-    }
-    match &changes.totp {
-        TotpChange::Keep => {}
-        TotpChange::Put(_) if totp_exists => {
-            sql.push_str(&format!(
-                ", t AS ({} AND EXISTS (SELECT 1 FROM u))",
-                update_totp_sql(next, true)
-            ));
-        }
-        TotpChange::Put(_) => {
-            let casts = [
-                "::text", "::text", "::text", "::bytea", "::bigint", "::bigint", "::bigint",
-                "::bigint",
-            ];
-            let values = placeholders(next, &casts);
-            sql.push_str(&format!(
-                ", t AS (INSERT INTO totp ({TOTP_COLUMNS}) SELECT v.* FROM u, (VALUES {values}) AS v({TOTP_COLUMNS}) {TOTP_ON_CONFLICT})"
-            ));
-        }
-        TotpChange::Delete => {
-            sql.push_str(", t AS (DELETE FROM totp WHERE user_id IN (SELECT user_id FROM u))");
-        }
-    }
-    sql.push_str(" SELECT user_id FROM u");
-    sql
-}
-
 fn committed(changes: Changes) -> Result<Committed, Error> {
     let result = Committed {
         details: details_of(&changes.user),
@@ -250,68 +208,44 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
 }
 
 impl SqlStore {
-    pub fn new(pool: AnyPool, dialect: Dialect) -> Self {
+    pub fn new(
+        connections: Connections,
+        dialect: Dialect,
+        group_commit: Option<GroupCommit>,
+    ) -> Self {
         SqlStore {
-            pool,
+            connections: Arc::new(connections),
             dialect,
+            group_commit,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
         }
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    async fn acquire(&self) -> Result<PoolConnection<Any>, Error> {
-        self.pool
+    /// Runs `work` on a pooled connection. After a database failure the connection's state is
+    /// unknown (a half-read answer, an open transaction), so it is dropped instead of reused; a
+    /// domain refusal leaves it clean.
+    pub(super) async fn with_connection<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut lease: Lease<'_> = self
+            .connections
             .acquire()
             .await
-            .map_err(|e| classify("taking a database connection", e))
+            .map_err(|e| classify("taking a database connection", e))?;
+        let result = work(lease.connection()).await;
+        if matches!(&result, Err(error) if error.is_server_fault()) {
+            lease.discard();
+        }
+        result
     }
 
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
     /// `totp_exists` says whether the state decided on had a TOTP row.
-    async fn write_if_unchanged(
-        &self,
-        conn: &mut AnyConnection,
-        changes: &Changes,
-        expected_version: u64,
-        totp_exists: bool,
-    ) -> Result<bool, Error> {
-        match self.dialect {
-            Dialect::Postgres => {
-                Self::write_postgres(conn, changes, expected_version, totp_exists).await
-            }
-            Dialect::Sqlite => {
-                self.write_sqlite(conn, changes, expected_version, totp_exists)
-                    .await
-            }
-        }
-    }
-
-    async fn write_postgres(
-        conn: &mut AnyConnection,
-        changes: &Changes,
-        expected_version: u64,
-        totp_exists: bool,
-    ) -> Result<bool, Error> {
-        let sql = postgres_write_sql(changes, totp_exists);
-        let mut query = bind_user_update(sqlx::query(&sql), &changes.user, expected_version);
-        query = bind_events(query, changes);
-        if let TotpChange::Put(totp) = &changes.totp {
-            query = bind_totp(query, &changes.user.user_id, totp);
-        }
-        let written = query
-            .fetch_optional(conn)
-            .await
-            .map_err(|e| classify("writing a user's change", e))?;
-        Ok(written.is_some())
-    }
-
     async fn write_sqlite(
         &self,
         conn: &mut AnyConnection,
@@ -336,6 +270,9 @@ impl SqlStore {
         .await
         .map_err(|e| classify("updating a user", e))?;
         if updated.rows_affected() == 0 {
+            tx.rollback()
+                .await
+                .map_err(|e| classify("rolling back", e))?;
             return Ok(false);
         }
         if !changes.events.is_empty() {
@@ -403,65 +340,69 @@ impl Store for SqlStore {
             .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
         // Connection first, then the SQLite writer queue: the order `update` takes them in.
         // (The other order deadlocked: queued writers held every connection.)
-        let mut conn = self.acquire().await?;
-        let _writer = match self.dialect {
-            Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
-            Dialect::Postgres => None,
-        };
-        let begun = match self.dialect {
-            Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => conn.begin().await,
-        };
-        let mut tx = begun.map_err(|e| classify("beginning a transaction", e))?;
-        let inserted = sqlx::query(INSERT_USER)
-            .bind(user.user_id.clone())
-            .bind(user.resource_owner.clone())
-            .bind(user.username.clone())
-            .bind(user.email.clone())
-            .bind(i64::from(user.email_verified))
-            .bind(profile)
-            .bind(user.state.as_str())
-            .bind(user.sequence as i64)
-            .bind(user.created_at.0)
-            .bind(user.change_date.0)
-            .bind(i64::from(user.failed_attempts))
-            .bind(user.locked_until.map(|t| t.0))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("inserting a user", e))?;
-        if inserted.rows_affected() == 0 {
-            return Err(error::USER_ALREADY_EXISTS.into());
-        }
-        let sql = insert_events_sql(changes.events.len(), 1);
-        bind_events(sqlx::query(&sql), &changes)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| classify("appending events", e))?;
-        if let TotpChange::Put(totp) = &changes.totp {
-            let sql = format!(
-                "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {}",
-                placeholders(1, &[""; 8])
-            );
-            bind_totp(sqlx::query(&sql), &user.user_id, totp)
+        self.with_connection(async |conn| {
+            let _writer = match self.dialect {
+                Dialect::Sqlite => Some(self.sqlite_writer.lock().await),
+                Dialect::Postgres => None,
+            };
+            let begun = match self.dialect {
+                Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+                Dialect::Postgres => conn.begin().await,
+            };
+            let mut tx = begun.map_err(|e| classify("beginning a transaction", e))?;
+            let inserted = sqlx::query(INSERT_USER)
+                .bind(user.user_id.clone())
+                .bind(user.resource_owner.clone())
+                .bind(user.username.clone())
+                .bind(user.email.clone())
+                .bind(i64::from(user.email_verified))
+                .bind(profile)
+                .bind(user.state.as_str())
+                .bind(user.sequence as i64)
+                .bind(user.created_at.0)
+                .bind(user.change_date.0)
+                .bind(i64::from(user.failed_attempts))
+                .bind(user.locked_until.map(|t| t.0))
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| classify("storing the TOTP", e))?;
-        }
-        tx.commit().await.map_err(|e| classify("committing", e))?;
+                .map_err(|e| classify("inserting a user", e))?;
+            if inserted.rows_affected() == 0 {
+                tx.rollback()
+                    .await
+                    .map_err(|e| classify("rolling back", e))?;
+                return Err(error::USER_ALREADY_EXISTS.into());
+            }
+            let sql = insert_events_sql(changes.events.len(), 1);
+            bind_events(sqlx::query(&sql), &changes)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| classify("appending events", e))?;
+            if let TotpChange::Put(totp) = &changes.totp {
+                let sql = format!(
+                    "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {}",
+                    placeholders(1, &[""; 8])
+                );
+                bind_totp(sqlx::query(&sql), &user.user_id, totp)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| classify("storing the TOTP", e))?;
+            }
+            tx.commit().await.map_err(|e| classify("committing", e))?;
+            Ok(())
+        })
+        .await?;
         committed(changes)
     }
 
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
-        let mut conn = self.acquire().await?;
-        read_snapshot(&mut conn, user_id).await
+        self.with_connection(async |conn| read_snapshot(conn, user_id).await)
+            .await
     }
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
-        // One connection for the read and the write: one pool hand-out per command.
-        let mut conn = self.acquire().await?;
         // Bounded by the caller's request timeout; each lost race means another writer succeeded.
         for attempt in 0u32.. {
-            let snapshot = read_snapshot(&mut conn, user_id).await?;
+            let snapshot = self.load(user_id).await?;
             let Some((expected_version, totp_exists)) = snapshot
                 .as_ref()
                 .map(|s| (s.user.version, s.totp.is_some()))
@@ -473,10 +414,17 @@ impl Store for SqlStore {
                 )));
             };
             let changes = decide(snapshot)?;
-            if self
-                .write_if_unchanged(&mut conn, &changes, expected_version, totp_exists)
-                .await?
-            {
+            let written = match &self.group_commit {
+                Some(group_commit) => group_commit.write(&changes, expected_version).await?,
+                None => {
+                    self.with_connection(async |conn| {
+                        self.write_sqlite(conn, &changes, expected_version, totp_exists)
+                            .await
+                    })
+                    .await?
+                }
+            };
+            if written {
                 return committed(changes);
             }
             back_off(attempt).await;
@@ -490,15 +438,19 @@ impl Store for SqlStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, Error> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM totp WHERE key_id <> $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
-        )
-        .bind(key_id.to_owned())
-        .bind(after.to_owned())
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| classify("listing secrets to re-seal", e))?;
+        let rows = self
+            .with_connection(async |conn| {
+                sqlx::query(
+                    "SELECT user_id FROM totp WHERE key_id <> $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+                )
+                .bind(key_id.to_owned())
+                .bind(after.to_owned())
+                .bind(i64::from(limit))
+                .fetch_all(conn)
+                .await
+                .map_err(|e| classify("listing secrets to re-seal", e))
+            })
+            .await?;
         rows.iter()
             .map(|row| row.try_get::<String, _>("user_id"))
             .collect::<Result<_, _>>()
@@ -506,22 +458,22 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        self.connections.close().await;
     }
 
     fn connection_stats(&self) -> ConnectionStats {
-        let idle = self.pool.num_idle() as u32;
-        ConnectionStats {
-            in_use: self.pool.size().saturating_sub(idle),
-            idle,
-        }
+        let (in_use, idle) = self.connections.stats();
+        ConnectionStats { in_use, idle }
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("pinging the database", e))
+        self.with_connection(async |conn| {
+            sqlx::query("SELECT 1")
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("pinging the database", e))
+        })
+        .await
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Error;
+use crate::store::batch::WRITE_BATCH_SIZE;
 
 /// How a request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,11 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &buckets)
             .expect("bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(WRITE_BATCH_SIZE.to_owned()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            )
+            .expect("bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
         metrics::describe_counter!(REQUESTS, "Requests by RPC, protocol and gRPC status code");
@@ -54,6 +60,10 @@ pub fn prometheus() -> &'static PrometheusHandle {
             "Submitted TOTP codes by RPC (verify, check) and outcome (ok, invalid, replayed, locked)"
         );
         metrics::describe_gauge!(DB_CONNECTIONS, "Database pool connections by state (in_use, idle)");
+        metrics::describe_histogram!(
+            WRITE_BATCH_SIZE,
+            "Postgres: commands written per statement by group commit"
+        );
         handle
     })
 }

@@ -240,9 +240,11 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
 
     // The database stalls: another session holds the lock the verification's write needs (the
     // user's row on Postgres, the write lock on SQLite) until the request has been abandoned.
-    let config = h.config(&impatient);
-    let store = totp_service::app::open_store(&config).await.unwrap();
-    let mut stall = store.pool().acquire().await.unwrap();
+    let url = h.config(&impatient).effective_database_url();
+    sqlx::any::install_default_drivers();
+    let mut stall = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
     let lock = match backend {
         Backend::Postgres => format!(
             "BEGIN; SELECT 1 FROM users WHERE user_id = '{}' FOR UPDATE",
@@ -250,16 +252,13 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
         ),
         Backend::Sqlite => "BEGIN IMMEDIATE".to_owned(),
     };
-    sqlx::raw_sql(&lock).execute(&mut *stall).await.unwrap();
+    sqlx::raw_sql(&lock).execute(&mut stall).await.unwrap();
     let error = slow
         .verify_totp(&slow.admin(), &user.id, &h.code(&secret, 0))
         .await
         .unwrap_err();
     error.assert_rejected(4, "COMMAND-t1me0", "The request took too long");
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut *stall)
-        .await
-        .unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut stall).await.unwrap();
     drop(stall);
 
     // The abandoned command runs to its end (or not at all) and leaves no lock behind: others
@@ -271,7 +270,6 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
     let sequence = listed.details.unwrap().processed_sequence;
     assert!(sequence == 2 || sequence == 3, "sequence {sequence}");
     assert_eq!(listed.auth_method_types.is_empty(), sequence == 2);
-    store.pool().close().await;
 }
 
 pub async fn parallel_new_users_and_changes_do_not_starve_each_other(
@@ -293,4 +291,101 @@ pub async fn parallel_new_users_and_changes_do_not_starve_each_other(
         tally.add(result.unwrap());
     }
     assert_eq!(tally.ok, 24, "{tally:?}");
+}
+
+pub async fn parallel_changes_of_every_kind_each_land_whole(backend: Backend, protocol: Protocol) {
+    // Postgres writes concurrent commands in shared statements (group commit): a burst mixing
+    // every kind of change (TOTP put by verify and check, deleted by remove, kept by a wrong
+    // code, two events for a lockout) must leave each user exactly as its own command says.
+    let h = Arc::new(Harness::start(options(backend, protocol, 1)).await);
+    let mut rounds = vec![];
+    for _ in 0..6 {
+        rounds.push((
+            h.user_with_pending_totp().await,
+            h.user_with_ready_totp().await,
+            h.user_with_ready_totp().await.0,
+            h.user_with_ready_totp().await,
+        ));
+    }
+    // All 24 commands at once.
+    let mut calls = JoinSet::new();
+    for (round, setup) in rounds.into_iter().enumerate() {
+        let ((pending, pending_secret), (ready, ready_secret), removed, (guesser, guesser_secret)) =
+            setup;
+        let h1 = h.clone();
+        calls.spawn(async move {
+            let code = h1.code(&pending_secret, 0);
+            let verified = h1.verify_totp(&h1.admin(), &pending.id, &code).await;
+            (
+                round,
+                "verify",
+                pending.id,
+                verified.map(|r| r.details.unwrap().sequence),
+            )
+        });
+        let h2 = h.clone();
+        calls.spawn(async move {
+            let code = h2.code(&ready_secret, 1);
+            let checked = h2.check_totp(&h2.admin(), &ready.id, &code).await;
+            (
+                round,
+                "check",
+                ready.id,
+                checked.map(|r| r.details.unwrap().sequence),
+            )
+        });
+        let h3 = h.clone();
+        calls.spawn(async move {
+            let gone = h3.remove_totp(&h3.admin(), &removed.id).await;
+            (
+                round,
+                "remove",
+                removed.id,
+                gone.map(|r| r.details.unwrap().sequence),
+            )
+        });
+        let h4 = h.clone();
+        calls.spawn(async move {
+            let wrong = a_wrong_code(&h4, &guesser_secret);
+            let guessed = h4.check_totp(&h4.admin(), &guesser.id, &wrong).await;
+            (
+                round,
+                "guess",
+                guesser.id,
+                guessed.map(|r| r.details.unwrap().sequence),
+            )
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (round, kind, user, outcome) = done.unwrap();
+        let listed = h.list_methods(&h.admin(), &user).await.unwrap();
+        let sequence = listed.details.unwrap().processed_sequence;
+        let has_totp = !listed.auth_method_types.is_empty();
+        match kind {
+            // register, verify (+ the user's creation): 3 events
+            "verify" => {
+                assert_eq!(outcome.unwrap(), 3, "round {round} {kind}");
+                assert!(has_totp && sequence == 3, "round {round} {kind}");
+            }
+            "check" | "remove" => {
+                assert_eq!(outcome.unwrap(), 4, "round {round} {kind}");
+                assert_eq!(
+                    (has_totp, sequence),
+                    (kind == "check", 4),
+                    "round {round} {kind}"
+                );
+            }
+            // check.failed + user.locked (max attempts 1), then refused
+            _ => {
+                let error = outcome.unwrap_err();
+                error.assert_rejected(3, "EVENT-8isk2", "Invalid code");
+                assert!(has_totp && sequence == 5, "round {round} {kind}");
+                let shown = h.get_user(&h.admin(), &user).await.unwrap();
+                assert_eq!(
+                    shown.user.unwrap().state,
+                    totp_service::proto::zitadel::user::v2::UserState::Locked as i32
+                );
+            }
+        }
+    }
 }

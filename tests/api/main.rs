@@ -83,6 +83,7 @@ every_protocol_and_backend!([
     metrics_count_requests_by_rpc_protocol_and_code,
     requests_that_take_too_long_are_abandoned,
     parallel_new_users_and_changes_do_not_starve_each_other,
+    parallel_changes_of_every_kind_each_land_whole,
     tokens_verify_against_a_jwks_url,
     tokens_verify_against_a_jwks_file,
 ]);

@@ -1,0 +1,137 @@
+//! A small connection pool for the request path.
+//!
+//! sqlx's own pool tests every connection handed back with a ping, a database round trip per
+//! request that our commands do not need: storage work always runs to its end (see
+//! `Service::bounded`), every transaction is committed or rolled back explicitly, and a
+//! connection that saw any error is dropped instead of reused. So a connection comes back in a
+//! known state, and the pool just keeps it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::{AnyConnection, Connection, Executor};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Dialect;
+use std::sync::Arc;
+
+/// Up to `max` open connections to one database.
+#[derive(Debug)]
+pub struct Connections {
+    url: String,
+    dialect: Dialect,
+    idle: Mutex<Vec<AnyConnection>>,
+    /// One permit per connection that may be open; a lease holds one.
+    permits: Arc<Semaphore>,
+    max: u32,
+    acquire_timeout: Duration,
+    closed: AtomicBool,
+}
+
+/// A connection on loan from [`Connections`]; it goes back when the lease is dropped, unless
+/// [`Lease::discard`] was called.
+pub struct Lease<'pool> {
+    connection: Option<AnyConnection>,
+    home: &'pool Connections,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connections {
+    /// Opens one connection to check that the database answers; it stays idle in the pool.
+    pub async fn open(
+        url: &str,
+        dialect: Dialect,
+        max: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, sqlx::Error> {
+        let first = connect(url, dialect).await?;
+        Ok(Connections {
+            url: url.to_owned(),
+            dialect,
+            idle: Mutex::new(vec![first]),
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            acquire_timeout,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// An idle connection, or a new one when none is idle and fewer than `max` are open; waits
+    /// up to the acquire timeout for one to come back.
+    pub async fn acquire(&self) -> Result<Lease<'_>, sqlx::Error> {
+        let permit =
+            tokio::time::timeout(self.acquire_timeout, self.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)?
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        let idle = self.idle.lock().expect("pool lock").pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => connect(&self.url, self.dialect).await?,
+        };
+        Ok(Lease {
+            connection: Some(connection),
+            home: self,
+            _permit: permit,
+        })
+    }
+
+    /// (in use, idle) connections.
+    pub fn stats(&self) -> (u32, u32) {
+        let idle = self.idle.lock().expect("pool lock").len() as u32;
+        let leased = self.max - self.permits.available_permits() as u32;
+        (leased, idle)
+    }
+
+    /// Refuses further leases and closes the idle connections (the leased ones close when their
+    /// lease ends).
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.permits.close();
+        let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
+        for connection in idle {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+impl Lease<'_> {
+    /// The connection, for running statements on.
+    pub fn connection(&mut self) -> &mut AnyConnection {
+        self.connection
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    /// Drops the connection instead of returning it (after an error: its state is unknown).
+    pub fn discard(mut self) {
+        self.connection = None;
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take()
+            && !self.home.closed.load(Ordering::SeqCst)
+        {
+            self.home.idle.lock().expect("pool lock").push(connection);
+        }
+    }
+}
+
+/// A new connection, with SQLite's per-connection settings.
+async fn connect(url: &str, dialect: Dialect) -> Result<AnyConnection, sqlx::Error> {
+    let mut connection = AnyConnection::connect(url).await?;
+    if dialect == Dialect::Sqlite {
+        // WAL lets readers run beside the single writer; the busy timeout makes a second writer
+        // (another process on the same file) wait for BEGIN IMMEDIATE instead of failing at once.
+        connection.execute("PRAGMA journal_mode = WAL").await?;
+        connection.execute("PRAGMA busy_timeout = 10000").await?;
+        connection.execute("PRAGMA foreign_keys = ON").await?;
+    }
+    Ok(connection)
+}
