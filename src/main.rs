@@ -12,6 +12,11 @@ use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp;
 use totp_service::transport::auth::{LocalSigningKey, token_claims};
 
+/// mimalloc instead of the system allocator: a request allocates many small short-lived
+/// buffers, and glibc's malloc and free were ~15 % of the service's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
