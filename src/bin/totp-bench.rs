@@ -618,21 +618,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;
     let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
     let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
-    // Requests per second the next run is sized for (updated from each valid-code run).
-    let mut rate_estimate = 5000.0_f64;
+    // Users are provisioned for the rate a run may reach, with a margin; too few would end a
+    // run early, too many cost set-up time (SQLite adds ~1,000 users/s). Valid checks are sized
+    // from the fastest valid-check run so far (at most the next concurrency can be 2.5× that);
+    // verifications from the valid-check run just before, at the same protocol and concurrency.
+    let mut fastest_valid_checks = 2000.0_f64;
+    let mut last_valid_checks = fastest_valid_checks;
     let mut unexpected = 0;
     for &protocol in &args.protocols {
         let client = Client::new(protocol, &args.target, &args.token).await?;
         for &concurrency in &args.concurrency {
             for &scenario in &args.scenarios {
-                let needed = (rate_estimate * args.duration.as_secs_f64() * 1.5) as usize + 100;
+                let seconds = args.duration.as_secs_f64();
                 let item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync> =
                     match scenario {
                         Scenario::CheckValid => {
                             // Each user gives three checks in a row, steps −1, 0, +1 of the time
                             // of each request, so every step is fresh and later than the last.
-                            let users =
-                                Arc::new(provision(&setup, Kind::Ready, needed / 3 + 1).await?);
+                            let needed = (fastest_valid_checks * 2.5 * seconds) as usize / 3 + 100;
+                            let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
                             Arc::new(move |i| {
                                 let user = users.get(i / 3)?;
                                 Some((user.id.clone(), code_at(&user.secret, (i % 3) as i64 - 1)))
@@ -653,6 +657,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                             })
                         }
                         Scenario::Verify => {
+                            let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
                             let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
                             Arc::new(move |i| {
                                 let user = users.get(i)?;
@@ -662,7 +667,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     };
                 let report = measure(&args, &client, scenario, concurrency, item).await;
                 if scenario == Scenario::CheckValid {
-                    rate_estimate = rate_estimate.max(report.rps);
+                    last_valid_checks = report.rps;
+                    fastest_valid_checks = fastest_valid_checks.max(report.rps);
                 }
                 unexpected += report.unexpected;
                 if report.unexpected > 0 {
