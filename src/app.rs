@@ -81,6 +81,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
         url: url.clone(),
         max_connections: config.db_max_connections,
         acquire_timeout: Duration::from_secs(5),
+        // Twice the request timeout: a stuck write is abandoned by its request first, and then
+        // gives the writer back.
+        write_timeout: config.request_timeout * 2,
     };
     // A database that starts beside the service may not answer yet: wait for it, saying so.
     let started = Instant::now();

@@ -699,6 +699,7 @@ async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
         url: url.clone(),
         max_connections: 1,
         acquire_timeout: Duration::from_secs(30),
+        write_timeout: Duration::from_secs(30),
     })
     .await
     .context("opening the SQLite file")?

@@ -17,6 +17,7 @@
 //! replaced.
 
 use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -82,10 +83,11 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer task on `url`; it stops when every handle is dropped.
-    pub fn start(url: &str) -> Self {
+    /// Starts the writer task on `url`, its statements bounded by `timeout`; it stops when
+    /// every handle is dropped.
+    pub fn start(url: &str, timeout: Duration) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(writer(url.to_owned(), receiver));
+        tokio::spawn(writer(url.to_owned(), timeout, receiver));
         GroupCommit { queue }
     }
 
@@ -142,7 +144,7 @@ impl GroupCommit {
 }
 
 /// Takes batches from the queue and writes each in one statement, until the queue closes.
-async fn writer(url: String, mut queue: mpsc::UnboundedReceiver<Write>) {
+async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiver<Write>) {
     let mut connection: Option<PgConnection> = None;
     let mut deferred: VecDeque<Write> = VecDeque::new();
     loop {
@@ -178,7 +180,7 @@ async fn writer(url: String, mut queue: mpsc::UnboundedReceiver<Write>) {
         metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
         let written = match connection.as_mut() {
             Some(open) => write_batch(open, &batch).await,
-            None => match PgConnection::connect(&url).await {
+            None => match connect_writer(&url, timeout).await {
                 Ok(open) => write_batch(connection.insert(open), &batch).await,
                 Err(e) => Err(classify("connecting the database writer", e)),
             },
@@ -198,6 +200,16 @@ async fn writer(url: String, mut queue: mpsc::UnboundedReceiver<Write>) {
             }
         }
     }
+}
+
+/// The writer's connection. Its statements give up after `timeout` (a row lock held by a foreign
+/// session would otherwise stall every write of this instance), failing only their batch.
+async fn connect_writer(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
+    let mut connection = PgConnection::connect(url).await?;
+    let millis = timeout.as_millis().max(1);
+    let set_timeout = format!("SET statement_timeout = {millis}");
+    sqlx::Executor::execute(&mut connection, set_timeout.as_str()).await?;
+    Ok(connection)
 }
 
 /// The batch statement. `locked` takes the users' row locks in id order (the same order in

@@ -54,6 +54,9 @@ pub struct StoreOptions {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// Postgres: longest a group-commit statement may run (e.g. waiting on a row lock held by a
+    /// foreign session) before it fails, so that one stuck write cannot hold up the others.
+    pub write_timeout: Duration,
 }
 
 /// Connects, migrates, and returns the store.
@@ -76,8 +79,8 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
         options.acquire_timeout,
     )
     .await?;
-    let group_commit =
-        (dialect == Dialect::Postgres).then(|| batch::GroupCommit::start(&options.url));
+    let group_commit = (dialect == Dialect::Postgres)
+        .then(|| batch::GroupCommit::start(&options.url, options.write_timeout));
     Ok(SqlStore::new(connections, dialect, group_commit))
 }
 
