@@ -3,18 +3,17 @@
 //! sqlx's own pool tests every connection handed back with a ping, a database round trip per
 //! request that our commands do not need: storage work always runs to its end (see
 //! `Service::bounded`), every transaction is committed or rolled back explicitly, and a
-//! connection that saw any error is dropped instead of reused. So a connection comes back in a
-//! known state, and the pool just keeps it.
+//! connection that saw a database error is dropped instead of reused. So a connection comes
+//! back in a known state, and the pool just keeps it.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Dialect;
-use std::sync::Arc;
 
 /// Up to `max` open connections to one database.
 #[derive(Debug)]
