@@ -66,40 +66,12 @@ const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET state = excl
      period = excluded.period, last_used_step = excluded.last_used_step, \
      created_at = excluded.created_at";
 
-/// Updates an existing TOTP row; binds as [`bind_totp`] (user id first).
-fn update_totp_sql(first: usize, cast: bool) -> String {
-    let c = |t: &str| if cast { t.to_owned() } else { String::new() };
-    format!(
-        "UPDATE totp SET state = ${}{}, key_id = ${}{}, secret_sealed = ${}{}, digits = ${}{}, \
-         period = ${}{}, last_used_step = ${}{}, created_at = ${}{} WHERE user_id = ${first}{}",
-        first + 1,
-        c("::text"),
-        first + 2,
-        c("::text"),
-        first + 3,
-        c("::bytea"),
-        first + 4,
-        c("::bigint"),
-        first + 5,
-        c("::bigint"),
-        first + 6,
-        c("::bigint"),
-        first + 7,
-        c("::bigint"),
-        c("::text"),
-    )
-}
-
 const EVENT_COLUMNS: &str =
     "user_id, sequence, event_type, payload, resource_owner, creator, created_at";
 
-/// `($n, $n+1, …)` for `count` parameters starting at `first`, each with an optional cast.
-fn placeholders(first: usize, casts: &[&str]) -> String {
-    let list: Vec<String> = casts
-        .iter()
-        .enumerate()
-        .map(|(i, cast)| format!("${}{cast}", first + i))
-        .collect();
+/// `($first, $first+1, …)`: `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
     format!("({})", list.join(", "))
 }
 
@@ -148,9 +120,7 @@ fn bind_events<'q>(mut query: AnyQuery<'q>, changes: &Changes) -> AnyQuery<'q> {
 
 /// `INSERT INTO events … VALUES (…), (…)` for `count` events, parameters from `first`.
 fn insert_events_sql(count: usize, first: usize) -> String {
-    let rows: Vec<String> = (0..count)
-        .map(|i| placeholders(first + i * 7, &[""; 7]))
-        .collect();
+    let rows: Vec<String> = (0..count).map(|i| placeholders(first + i * 7, 7)).collect();
     format!(
         "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
         rows.join(", ")
@@ -245,13 +215,11 @@ impl SqlStore {
     }
 
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
-    /// `totp_exists` says whether the state decided on had a TOTP row.
     async fn write_sqlite(
         &self,
         conn: &mut AnyConnection,
         changes: &Changes,
         expected_version: u64,
-        totp_exists: bool,
     ) -> Result<bool, Error> {
         let user = &changes.user;
         let _writer = self.sqlite_writer.lock().await;
@@ -285,14 +253,10 @@ impl SqlStore {
         match &changes.totp {
             TotpChange::Keep => {}
             TotpChange::Put(totp) => {
-                let sql = if totp_exists {
-                    update_totp_sql(1, false)
-                } else {
-                    format!(
-                        "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
-                        placeholders(1, &[""; 8])
-                    )
-                };
+                let sql = format!(
+                    "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
+                    placeholders(1, 8)
+                );
                 bind_totp(sqlx::query(&sql), &user.user_id, totp)
                     .execute(&mut *tx)
                     .await
@@ -380,7 +344,7 @@ impl Store for SqlStore {
             if let TotpChange::Put(totp) = &changes.totp {
                 let sql = format!(
                     "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {}",
-                    placeholders(1, &[""; 8])
+                    placeholders(1, 8)
                 );
                 bind_totp(sqlx::query(&sql), &user.user_id, totp)
                     .execute(&mut *tx)
@@ -403,10 +367,7 @@ impl Store for SqlStore {
         // Bounded by the caller's request timeout; each lost race means another writer succeeded.
         for attempt in 0u32.. {
             let snapshot = self.load(user_id).await?;
-            let Some((expected_version, totp_exists)) = snapshot
-                .as_ref()
-                .map(|s| (s.user.version, s.totp.is_some()))
-            else {
+            let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
                 // The domain refuses a missing user; changes for one would be a domain bug.
                 decide(None)?;
                 return Err(Error::Internal(format!(
@@ -418,8 +379,7 @@ impl Store for SqlStore {
                 Some(group_commit) => group_commit.write(&changes, expected_version).await?,
                 None => {
                     self.with_connection(async |conn| {
-                        self.write_sqlite(conn, &changes, expected_version, totp_exists)
-                            .await
+                        self.write_sqlite(conn, &changes, expected_version).await
                     })
                     .await?
                 }
