@@ -119,14 +119,6 @@ enum Scenario {
 }
 
 impl Scenario {
-    /// Requests one user takes, in a row: valid checks use each user for three steps.
-    fn requests_per_user(self) -> usize {
-        match self {
-            Scenario::CheckValid => 3,
-            _ => 1,
-        }
-    }
-
     fn expected(self) -> &'static str {
         match self {
             Scenario::CheckValid | Scenario::Verify => "ok",
@@ -165,6 +157,23 @@ struct BenchUser {
 fn code_at(secret: &Secret, offset: i64) -> String {
     let step = totp::step_at(SystemClock.now().unix_seconds(), totp::PERIOD) + offset;
     totp::code_for_step(secret, step, totp::DIGITS, Algorithm::Sha1)
+}
+
+/// The next step of a user's valid checks: the earliest step after `used` that the service will
+/// still accept when the request arrives, or `None` when the user's window is used up. The
+/// window is the current step ± 1; the step before the current one is left out in the last
+/// second of a step, as the service might see the request after the step changes.
+fn next_valid_step(used: Option<i64>) -> Option<i64> {
+    let now = SystemClock.now().unix_seconds();
+    let current = totp::step_at(now, totp::PERIOD);
+    let seconds_left = i64::from(totp::PERIOD) - now.rem_euclid(i64::from(totp::PERIOD));
+    let earliest = if seconds_left > 1 {
+        current - 1
+    } else {
+        current
+    };
+    let step = used.map_or(earliest, |used| (used + 1).max(earliest));
+    (step <= current + 1).then_some(step)
 }
 
 /// A code that matches no step of the accepted window.
@@ -481,14 +490,34 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-/// Runs one scenario: `concurrency` workers take work items until the time is up or the items
-/// run out. `item(i)` gives the user and code of the i-th request, or `None` when out of work.
+/// One request of a scenario.
+struct Request {
+    user_id: String,
+    code: String,
+    /// The step the code uses, when the user takes further requests (valid checks); `None` when
+    /// a user takes one request.
+    step: Option<i64>,
+}
+
+/// What a worker does next with a user, given the step its last request used (if any).
+enum Next {
+    Send(Request),
+    /// This user has no more requests; take the next.
+    NextUser,
+    /// No users are left.
+    OutOfUsers,
+}
+
+type WorkItems = Arc<dyn Fn(usize, Option<i64>) -> Next + Send + Sync>;
+
+/// Runs one scenario: `concurrency` workers take users until the time is up or the users run
+/// out. `item(user, used)` gives the user's next request.
 async fn measure(
     args: &RunArgs,
     client: &Client,
     scenario: Scenario,
     concurrency: usize,
-    item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync>,
+    item: WorkItems,
 ) -> Report {
     let before = args.service_pid.and_then(process_usage);
     let next = Arc::new(AtomicUsize::new(0));
@@ -504,23 +533,31 @@ async fn measure(
             // so no two requests for one user are in flight at once.
             'users: while Instant::now() < deadline {
                 let user = next.fetch_add(1, Ordering::Relaxed);
-                for request in 0..scenario.requests_per_user() {
+                let mut used = None;
+                loop {
                     if Instant::now() >= deadline {
                         break 'users;
                     }
-                    let Some((user_id, code)) = item(user * scenario.requests_per_user() + request)
-                    else {
-                        break 'users;
+                    let request = match item(user, used) {
+                        Next::Send(request) => request,
+                        Next::NextUser => continue 'users,
+                        Next::OutOfUsers => break 'users,
                     };
                     let sent = Instant::now();
                     let outcome = match scenario {
-                        Scenario::Verify => client.verify(worker, &user_id, code).await,
-                        _ => client.check(worker, &user_id, code).await,
+                        Scenario::Verify => {
+                            client.verify(worker, &request.user_id, request.code).await
+                        }
+                        _ => client.check(worker, &request.user_id, request.code).await,
                     };
                     latencies.push(sent.elapsed().as_micros() as u64);
                     *outcomes
                         .entry(outcome.err().unwrap_or_else(|| "ok".into()))
                         .or_default() += 1;
+                    match request.step {
+                        Some(step) => used = Some(step),
+                        None => continue 'users,
+                    }
                 }
             }
             (latencies, outcomes)
@@ -630,41 +667,67 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         for &concurrency in &args.concurrency {
             for &scenario in &args.scenarios {
                 let seconds = args.duration.as_secs_f64();
-                let item: Arc<dyn Fn(usize) -> Option<(String, String)> + Send + Sync> =
-                    match scenario {
-                        Scenario::CheckValid => {
-                            // Each user gives three checks in a row, steps −1, 0, +1 of the time
-                            // of each request, so every step is fresh and later than the last.
-                            let needed = (fastest_valid_checks * 2.5 * seconds) as usize / 3 + 100;
-                            let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
-                            Arc::new(move |i| {
-                                let user = users.get(i / 3)?;
-                                Some((user.id.clone(), code_at(&user.secret, (i % 3) as i64 - 1)))
+                let item: WorkItems = match scenario {
+                    Scenario::CheckValid => {
+                        // Each user gives up to three checks in a row, each on the earliest
+                        // step the service accepts that is later than the last one used, so
+                        // every step is fresh (replay protection is exercised, not tripped).
+                        let needed = (fastest_valid_checks * 2.5 * seconds) as usize / 3 + 100;
+                        let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
+                        Arc::new(move |user, used| {
+                            let Some(user) = users.get(user) else {
+                                return Next::OutOfUsers;
+                            };
+                            let Some(step) = next_valid_step(used) else {
+                                return Next::NextUser;
+                            };
+                            Next::Send(Request {
+                                user_id: user.id.clone(),
+                                code: totp::code_for_step(
+                                    &user.secret,
+                                    step,
+                                    totp::DIGITS,
+                                    Algorithm::Sha1,
+                                ),
+                                step: Some(step),
                             })
-                        }
-                        Scenario::CheckWrong => {
-                            let users = wrong_pool.clone();
-                            Arc::new(move |i| {
-                                let user = &users[i % users.len()];
-                                Some((user.id.clone(), wrong_code(&user.secret)))
+                        })
+                    }
+                    Scenario::CheckWrong => {
+                        let users = wrong_pool.clone();
+                        Arc::new(move |user, _| {
+                            let user = &users[user % users.len()];
+                            Next::Send(Request {
+                                user_id: user.id.clone(),
+                                code: wrong_code(&user.secret),
+                                step: None,
                             })
-                        }
-                        Scenario::CheckLocked => {
-                            let users = locked_pool.clone();
-                            Arc::new(move |i| {
-                                let user = &users[i % users.len()];
-                                Some((user.id.clone(), code_at(&user.secret, 0)))
+                        })
+                    }
+                    Scenario::CheckLocked => {
+                        let users = locked_pool.clone();
+                        Arc::new(move |user, _| {
+                            let user = &users[user % users.len()];
+                            Next::Send(Request {
+                                user_id: user.id.clone(),
+                                code: code_at(&user.secret, 0),
+                                step: None,
                             })
-                        }
-                        Scenario::Verify => {
-                            let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
-                            let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
-                            Arc::new(move |i| {
-                                let user = users.get(i)?;
-                                Some((user.id.clone(), code_at(&user.secret, 0)))
-                            })
-                        }
-                    };
+                        })
+                    }
+                    Scenario::Verify => {
+                        let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
+                        let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
+                        Arc::new(move |user, _| match users.get(user) {
+                            Some(user) => Next::Send(Request {
+                                user_id: user.id.clone(),
+                                code: code_at(&user.secret, 0),
+                                step: None,
+                            }),
+                            None => Next::OutOfUsers,
+                        })
+                    }
+                };
                 let report = measure(&args, &client, scenario, concurrency, item).await;
                 if scenario == Scenario::CheckValid {
                     last_valid_checks = report.rps;

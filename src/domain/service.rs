@@ -14,7 +14,7 @@ use super::authz::Access;
 use super::clock::{Clock, Timestamp};
 use super::error::{self, Error, Rejection};
 use super::store::{Changes, Committed, ConnectionStats, NewEvent, Snapshot, Store, TotpChange};
-use super::totp::{self, Secret};
+use super::totp::{self, CodeMatch, Secret};
 use super::types::{
     Caller, Details, Permission, Profile, TotpRecord, TotpState, UserId, UserRecord, UserState,
 };
@@ -385,29 +385,30 @@ impl Service {
                     return Err(error::USER_LOCKED.into());
                 }
                 let secret = service.open_secret(&draft.user.user_id, &record)?;
-                let step = totp::matching_step(
+                let matched = totp::match_code(
                     &secret,
                     code.expose(),
                     draft.at.unix_seconds(),
                     record.digits,
                     record.period,
+                    record.last_used_step,
                 );
-                let step = match step {
-                    None => {
+                let step = match matched {
+                    CodeMatch::Fresh(step) => step,
+                    CodeMatch::NoMatch => {
                         return Ok(Some(service.record_failure(
                             draft,
                             "invalid code",
                             error::INVALID_CODE,
                         )));
                     }
-                    Some(step) if record.last_used_step.is_some_and(|last| step <= last) => {
+                    CodeMatch::AlreadyUsed => {
                         return Ok(Some(service.record_failure(
                             draft,
                             "code already used",
                             error::CODE_ALREADY_USED,
                         )));
                     }
-                    Some(step) => step,
                 };
                 draft.user.failed_attempts = 0;
                 draft.put_totp(TotpRecord {

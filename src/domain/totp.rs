@@ -1,6 +1,6 @@
 //! RFC 6238 time-based one-time passwords: secrets, codes, the accepted window and the otpauth URI.
-//! A check returns the time step it matched, so the caller can refuse a step used before
-//! (RFC 6238 §5.2); comparisons are constant-time.
+//! A check matches a code against the steps the user has not used yet, so a step is accepted
+//! once (RFC 6238 §5.2); comparisons are constant-time.
 
 use std::fmt;
 
@@ -106,30 +106,55 @@ fn hmac_digest<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Ve
     mac.finalize().into_bytes().to_vec()
 }
 
-/// The newest step in the accepted window (current, one back, one ahead) whose code equals
-/// `submitted` once trimmed of surrounding white space; `None` when none does, or when the trimmed
-/// code is not exactly `digits` ASCII digits. Every candidate is computed and compared in constant
-/// time, so timing does not tell which step matched.
-pub fn matching_step(
+/// What a submitted code matched in the accepted window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeMatch {
+    /// The code matches no step of the window (or is not `digits` ASCII digits).
+    NoMatch,
+    /// The code matches this step, and it is later than the last used one.
+    Fresh(i64),
+    /// The code matches only steps used before (a replay).
+    AlreadyUsed,
+}
+
+/// Matches `submitted`, trimmed of surrounding white space, against the accepted window (current
+/// step, one back, one ahead), given the last step the user consumed.
+///
+/// Six-digit codes of neighbouring steps coincide about once in a million; so the answer is the
+/// *earliest* matching step later than `last_used_step`, not merely some matching step. Taking the
+/// newest match would consume a step the user has not reached yet and refuse their next code as
+/// used; taking a used one would refuse a fresh code. Every candidate is computed and compared in
+/// constant time, so timing does not tell which step matched.
+pub fn match_code(
     secret: &Secret,
     submitted: &str,
     unix_seconds: i64,
     digits: u32,
     period: u32,
-) -> Option<i64> {
+    last_used_step: Option<i64>,
+) -> CodeMatch {
     let code = submitted.trim();
     if code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return CodeMatch::NoMatch;
     }
     let current = step_at(unix_seconds, period);
-    let mut matched = None;
+    let mut fresh = None;
+    let mut matched_used = false;
     for step in (current - SKEW_STEPS)..=(current + SKEW_STEPS) {
         let expected = code_for_step(secret, step, digits, Algorithm::Sha1);
         if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
-            matched = Some(step);
+            if last_used_step.is_some_and(|last| step <= last) {
+                matched_used = true;
+            } else if fresh.is_none() {
+                fresh = Some(step);
+            }
         }
     }
-    matched
+    match (fresh, matched_used) {
+        (Some(step), _) => CodeMatch::Fresh(step),
+        (None, true) => CodeMatch::AlreadyUsed,
+        (None, false) => CodeMatch::NoMatch,
+    }
 }
 
 /// Percent-encodes a URI label or query value: keeps RFC 3986 unreserved characters and `@`
@@ -208,8 +233,12 @@ mod tests {
         for offset in [-1, 0, 1] {
             let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
             assert_eq!(
-                matching_step(&secret, &code, now, DIGITS, PERIOD),
-                Some(current + offset)
+                match_code(&secret, &code, now, DIGITS, PERIOD, None),
+                CodeMatch::Fresh(current + offset)
+            );
+            assert_eq!(
+                match_code(&secret, &code, now, DIGITS, PERIOD, Some(current - 2)),
+                CodeMatch::Fresh(current + offset)
             );
         }
     }
@@ -219,7 +248,60 @@ mod tests {
         let secret = ascii_secret("12345678901234567890");
         let now = 1_111_111_111;
         let code = code_for_step(&secret, step_at(now, PERIOD) - 2, DIGITS, Algorithm::Sha1);
-        assert_eq!(matching_step(&secret, &code, now, DIGITS, PERIOD), None);
+        assert_eq!(
+            match_code(&secret, &code, now, DIGITS, PERIOD, None),
+            CodeMatch::NoMatch
+        );
+    }
+
+    #[test]
+    fn refuses_a_step_used_before_and_any_earlier_one() {
+        let secret = ascii_secret("12345678901234567890");
+        let now = 1_111_111_111;
+        let current = step_at(now, PERIOD);
+        for offset in [-1, 0] {
+            let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
+            assert_eq!(
+                match_code(&secret, &code, now, DIGITS, PERIOD, Some(current)),
+                CodeMatch::AlreadyUsed
+            );
+        }
+        let next = code_for_step(&secret, current + 1, DIGITS, Algorithm::Sha1);
+        assert_eq!(
+            match_code(&secret, &next, now, DIGITS, PERIOD, Some(current)),
+            CodeMatch::Fresh(current + 1)
+        );
+    }
+
+    /// For the RFC 6238 SHA-1 secret, steps 50,424,280 and 50,424,281 share the code 070562
+    /// (found by searching; such pairs occur about once per million steps).
+    #[test]
+    fn a_code_shared_by_two_steps_takes_the_earliest_fresh_one() {
+        let secret = ascii_secret("12345678901234567890");
+        let (first, second) = (50_424_280, 50_424_281);
+        assert_eq!(
+            code_for_step(&secret, first, DIGITS, Algorithm::Sha1),
+            "070562"
+        );
+        assert_eq!(
+            code_for_step(&secret, second, DIGITS, Algorithm::Sha1),
+            "070562"
+        );
+        // At the first step, the code is taken as that step: the second stays for the next login.
+        let at_first = first * i64::from(PERIOD);
+        assert_eq!(
+            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(first - 1)),
+            CodeMatch::Fresh(first)
+        );
+        // With the first step used, the same code is still a fresh code for the second.
+        assert_eq!(
+            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(first)),
+            CodeMatch::Fresh(second)
+        );
+        assert_eq!(
+            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(second)),
+            CodeMatch::AlreadyUsed
+        );
     }
 
     #[test]
@@ -227,11 +309,16 @@ mod tests {
         let secret = ascii_secret("12345678901234567890");
         let now = 1_111_111_111;
         let code = code_for_step(&secret, step_at(now, PERIOD), DIGITS, Algorithm::Sha1);
-        assert!(matching_step(&secret, &format!(" {code} "), now, DIGITS, PERIOD).is_some());
-        assert!(matching_step(&secret, &format!("{code}0"), now, DIGITS, PERIOD).is_none());
-        assert!(matching_step(&secret, &code[..5], now, DIGITS, PERIOD).is_none());
-        assert!(matching_step(&secret, "12345a", now, DIGITS, PERIOD).is_none());
-        assert!(matching_step(&secret, "１２３４５６", now, DIGITS, PERIOD).is_none());
+        let check = |submitted: &str| match_code(&secret, submitted, now, DIGITS, PERIOD, None);
+        assert!(matches!(check(&format!(" {code} ")), CodeMatch::Fresh(_)));
+        for malformed in [
+            &format!("{code}0")[..],
+            &code[..5],
+            "12345a",
+            "１２３４５６",
+        ] {
+            assert_eq!(check(malformed), CodeMatch::NoMatch, "{malformed:?}");
+        }
     }
 
     #[test]
