@@ -500,7 +500,7 @@ struct Request {
 }
 
 /// What a worker does next with a user, given the step its last request used (if any).
-enum Next {
+enum Work {
     Send(Request),
     /// This user has no more requests; take the next.
     NextUser,
@@ -508,7 +508,7 @@ enum Next {
     OutOfUsers,
 }
 
-type WorkItems = Arc<dyn Fn(usize, Option<i64>) -> Next + Send + Sync>;
+type WorkItems = Arc<dyn Fn(usize, Option<i64>) -> Work + Send + Sync>;
 
 /// Runs one scenario: `concurrency` workers take users until the time is up or the users run
 /// out. `item(user, used)` gives the user's next request.
@@ -539,9 +539,9 @@ async fn measure(
                         break 'users;
                     }
                     let request = match item(user, used) {
-                        Next::Send(request) => request,
-                        Next::NextUser => continue 'users,
-                        Next::OutOfUsers => break 'users,
+                        Work::Send(request) => request,
+                        Work::NextUser => continue 'users,
+                        Work::OutOfUsers => break 'users,
                     };
                     let sent = Instant::now();
                     let outcome = match scenario {
@@ -676,12 +676,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
                         Arc::new(move |user, used| {
                             let Some(user) = users.get(user) else {
-                                return Next::OutOfUsers;
+                                return Work::OutOfUsers;
                             };
                             let Some(step) = next_valid_step(used) else {
-                                return Next::NextUser;
+                                return Work::NextUser;
                             };
-                            Next::Send(Request {
+                            Work::Send(Request {
                                 user_id: user.id.clone(),
                                 code: totp::code_for_step(
                                     &user.secret,
@@ -697,7 +697,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let users = wrong_pool.clone();
                         Arc::new(move |user, _| {
                             let user = &users[user % users.len()];
-                            Next::Send(Request {
+                            Work::Send(Request {
                                 user_id: user.id.clone(),
                                 code: wrong_code(&user.secret),
                                 step: None,
@@ -708,7 +708,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let users = locked_pool.clone();
                         Arc::new(move |user, _| {
                             let user = &users[user % users.len()];
-                            Next::Send(Request {
+                            Work::Send(Request {
                                 user_id: user.id.clone(),
                                 code: code_at(&user.secret, 0),
                                 step: None,
@@ -719,12 +719,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
                         let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
                         Arc::new(move |user, _| match users.get(user) {
-                            Some(user) => Next::Send(Request {
+                            Some(user) => Work::Send(Request {
                                 user_id: user.id.clone(),
                                 code: code_at(&user.secret, 0),
                                 step: None,
                             }),
-                            None => Next::OutOfUsers,
+                            None => Work::OutOfUsers,
                         })
                     }
                 };
