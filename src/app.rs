@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, redact_url};
@@ -177,6 +178,13 @@ impl App {
             notify.notify_one();
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
         };
+        // Without TCP_NODELAY, an HTTP/2 answer written as several small frames waits for the
+        // peer's delayed ACK (up to 40 ms) behind Nagle's algorithm; axum leaves it off.
+        let listener = listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%err, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
         let grace = self.grace;
         let result = tokio::select! {
