@@ -180,7 +180,7 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiv
         metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
         let written = match connection.as_mut() {
             Some(open) => write_batch(open, &batch).await,
-            None => match connect_writer(&url, timeout).await {
+            None => match connect(&url, timeout).await {
                 Ok(open) => write_batch(connection.insert(open), &batch).await,
                 Err(e) => Err(classify("connecting the database writer", e)),
             },
@@ -202,9 +202,10 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiv
     }
 }
 
-/// The writer's connection. Its statements give up after `timeout` (a row lock held by a foreign
-/// session would otherwise stall every write of this instance), failing only their batch.
-async fn connect_writer(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
+/// A connection for a writer or reader task. Its statements give up after `timeout` (a row lock
+/// held by a foreign session would otherwise stall every write of this instance), failing only
+/// their batch.
+pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
     let mut connection = PgConnection::connect(url).await?;
     let millis = timeout.as_millis().max(1);
     let set_timeout = format!("SET statement_timeout = {millis}");

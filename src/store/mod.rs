@@ -2,11 +2,13 @@
 //! `sqlite://`), runs the migrations and returns the domain's [`Store`](crate::domain::store::Store).
 //!
 //! One implementation ([`sql::SqlStore`]) serves both databases through sqlx's `Any` driver, over
-//! our own small pool ([`connections`]); the SQL is the same but for the conditional write, which
-//! on Postgres goes through group commit ([`batch`], native driver for array parameters) and on
-//! SQLite through one immediate transaction. [`Dialect`] decides the differences in one place.
+//! our own small pool ([`connections`]); the SQL is the same but for the commands' reads and
+//! conditional writes, which on Postgres are grouped with those of concurrent commands
+//! ([`batch_read`], [`batch`]; native driver for array parameters) and on SQLite run one by one
+//! (the write in one immediate transaction). [`Dialect`] decides the differences in one place.
 
 pub mod batch;
+pub mod batch_read;
 pub mod connections;
 pub mod sql;
 
@@ -48,6 +50,13 @@ impl Dialect {
     }
 }
 
+/// Postgres: the queues that group concurrent commands' reads and writes into shared statements.
+#[derive(Clone, Debug)]
+pub struct Grouped {
+    pub reads: batch_read::GroupRead,
+    pub writes: batch::GroupCommit,
+}
+
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -79,9 +88,11 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
         options.acquire_timeout,
     )
     .await?;
-    let group_commit = (dialect == Dialect::Postgres)
-        .then(|| batch::GroupCommit::start(&options.url, options.write_timeout));
-    Ok(SqlStore::new(connections, dialect, group_commit))
+    let grouped = (dialect == Dialect::Postgres).then(|| Grouped {
+        reads: batch_read::GroupRead::start(&options.url, options.write_timeout),
+        writes: batch::GroupCommit::start(&options.url, options.write_timeout),
+    });
+    Ok(SqlStore::new(connections, dialect, grouped))
 }
 
 impl SqlStore {

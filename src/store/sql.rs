@@ -2,9 +2,9 @@
 //!
 //! A write is optimistic: read the user (one statement), let the domain decide, then write the
 //! user row, the events and the TOTP row all or nothing, on the condition that the row's
-//! `version` is still the one read. On Postgres that write joins the concurrent commands' writes
-//! in one statement ([`GroupCommit`]), so no lock is held while the domain decides; SQLite writes
-//! in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so the decision
+//! `version` is still the one read. On Postgres the read and the write each join those of
+//! concurrent commands in one statement ([`Grouped`]), and no lock is held while the domain
+//! decides; SQLite writes in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so the decision
 //! always rests on the state it changes.
 
 use std::sync::Arc;
@@ -12,13 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::any::AnyArguments;
 
-use sqlx::{Any, AnyConnection, Connection, Row, query::Query};
+use sqlx::{Any, AnyConnection, ColumnIndex, Connection, Decode, Row, Type, query::Query};
 
-use super::batch::GroupCommit;
 use super::connections::{Connections, Lease};
-use super::{Dialect, classify};
+use super::{Dialect, Grouped, classify};
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::service::details_of;
@@ -32,8 +31,8 @@ use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRec
 pub struct SqlStore {
     connections: Arc<Connections>,
     dialect: Dialect,
-    /// Postgres: conditional writes go out in batches (see [`GroupCommit`]).
-    group_commit: Option<GroupCommit>,
+    /// Postgres: commands' reads and conditional writes go out in batches (see [`Grouped`]).
+    grouped: Option<Grouped>,
     /// SQLite has one writer at a time. Queueing this process's writers here, in order, spares
     /// them SQLite's busy handler, which polls with sleeps of up to 100 ms (long tail latencies).
     /// Other processes on the same file still meet the busy timeout.
@@ -42,11 +41,24 @@ pub struct SqlStore {
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
 
-const SELECT_SNAPSHOT: &str = "SELECT u.user_id, u.resource_owner, u.username, u.email, \
-     u.email_verified, u.profile, u.state, u.sequence, u.created_at, u.change_date, \
-     u.failed_attempts, u.locked_until, u.version, t.state AS totp_state, t.key_id, \
-     t.secret_sealed, t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
-     FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = $1";
+/// The columns of a snapshot: a user and its TOTP, if any.
+macro_rules! select_snapshot {
+    ($condition:literal) => {
+        concat!(
+            "SELECT u.user_id, u.resource_owner, u.username, u.email, u.email_verified, \
+             u.profile, u.state, u.sequence, u.created_at, u.change_date, u.failed_attempts, \
+             u.locked_until, u.version, t.state AS totp_state, t.key_id, t.secret_sealed, \
+             t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
+             FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE ",
+            $condition
+        )
+    };
+}
+
+const SELECT_SNAPSHOT: &str = select_snapshot!("u.user_id = $1");
+
+/// Postgres: the snapshots of the users in the text array `$1` (see [`super::batch_read`]).
+pub(super) const SELECT_SNAPSHOTS: &str = select_snapshot!("u.user_id = ANY($1)");
 
 const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
      email_verified, profile, state, sequence, created_at, change_date, failed_attempts, \
@@ -138,8 +150,15 @@ fn committed(changes: Changes) -> Result<Committed, Error> {
     }
 }
 
-/// Reads a snapshot row. A row that does not parse is a damaged database: an internal error.
-fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
+/// Reads a snapshot row (of either driver). A row that does not parse is a damaged database: an
+/// internal error.
+pub(super) fn snapshot_from_row<R: Row>(row: &R) -> Result<Snapshot, sqlx::Error>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
     let state: String = row.try_get("state")?;
     let profile: String = row.try_get("profile")?;
     let bad = |what: &str| sqlx::Error::Decode(format!("stored {what} does not parse").into());
@@ -178,15 +197,11 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot, sqlx::Error> {
 }
 
 impl SqlStore {
-    pub fn new(
-        connections: Connections,
-        dialect: Dialect,
-        group_commit: Option<GroupCommit>,
-    ) -> Self {
+    pub fn new(connections: Connections, dialect: Dialect, grouped: Option<Grouped>) -> Self {
         SqlStore {
             connections: Arc::new(connections),
             dialect,
-            group_commit,
+            grouped,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -359,8 +374,13 @@ impl Store for SqlStore {
     }
 
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
-        self.with_connection(async |conn| read_snapshot(conn, user_id).await)
-            .await
+        match &self.grouped {
+            Some(grouped) => grouped.reads.read(user_id).await,
+            None => {
+                self.with_connection(async |conn| read_snapshot(conn, user_id).await)
+                    .await
+            }
+        }
     }
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
@@ -375,8 +395,8 @@ impl Store for SqlStore {
                 )));
             };
             let changes = decide(snapshot)?;
-            let written = match &self.group_commit {
-                Some(group_commit) => group_commit.write(&changes, expected_version).await?,
+            let written = match &self.grouped {
+                Some(grouped) => grouped.writes.write(&changes, expected_version).await?,
                 None => {
                     self.with_connection(async |conn| {
                         self.write_sqlite(conn, &changes, expected_version).await

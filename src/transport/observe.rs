@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Error;
 use crate::store::batch::WRITE_BATCH_SIZE;
+use crate::store::batch_read::READ_BATCH_SIZE;
 
 /// How a request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +48,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &buckets)
             .expect("bucket list is not empty")
             .set_buckets_for_metric(
-                Matcher::Full(WRITE_BATCH_SIZE.to_owned()),
+                // WRITE_BATCH_SIZE and READ_BATCH_SIZE
+                Matcher::Suffix("_batch_size".to_owned()),
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             )
             .expect("bucket list is not empty")
@@ -63,6 +65,10 @@ pub fn prometheus() -> &'static PrometheusHandle {
         metrics::describe_histogram!(
             WRITE_BATCH_SIZE,
             "Postgres: commands written per statement by group commit"
+        );
+        metrics::describe_histogram!(
+            READ_BATCH_SIZE,
+            "Postgres: commands' user reads per statement"
         );
         handle
     })

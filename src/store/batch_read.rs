@@ -1,0 +1,137 @@
+//! Group reads for Postgres: the snapshot reads of concurrent commands travel together.
+//!
+//! Every command starts by reading its user. Sent one by one, each read wakes a Postgres backend
+//! and costs a round trip of its own; on a busy machine those wake-ups, not the index lookups,
+//! are most of the database's work. Here the reads that queue up while a statement is in flight
+//! go out as the next statement, `… WHERE user_id = ANY($1)`, and each command gets its row.
+//! A read still sees one committed state of its user (one statement); the write that follows is
+//! conditional on the version it saw, as before.
+//!
+//! A few reader tasks share the queue, each with its own connection (native sqlx Postgres, for
+//! the array parameter): while one statement is in flight, the next reader gathers the next
+//! batch. A failed statement fails its batch, and its connection is replaced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::classify;
+use super::sql::{SELECT_SNAPSHOTS, snapshot_from_row};
+use crate::domain::error::Error;
+use crate::domain::store::Snapshot;
+
+/// Most reads per statement.
+const MAX_BATCH: usize = 64;
+
+/// Reader tasks (and connections) per instance.
+const READERS: usize = 2;
+
+/// Histogram of reads per statement.
+pub const READ_BATCH_SIZE: &str = "totp_db_read_batch_size";
+
+/// One command's read, waiting in the queue.
+struct Read {
+    user_id: String,
+    done: oneshot::Sender<Result<Option<Snapshot>, Error>>,
+}
+
+/// The queue in front of the reader tasks.
+#[derive(Clone, Debug)]
+pub struct GroupRead {
+    queue: mpsc::UnboundedSender<Read>,
+}
+
+impl GroupRead {
+    /// Starts the reader tasks on `url`, their statements bounded by `timeout`; they stop when
+    /// every handle is dropped.
+    pub fn start(url: &str, timeout: Duration) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..READERS {
+            tokio::spawn(reader(url.to_owned(), timeout, receiver.clone()));
+        }
+        GroupRead { queue }
+    }
+
+    /// The user `user_id` and its TOTP, or `None` when there is no such user.
+    pub async fn read(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
+        let (done, answer) = oneshot::channel();
+        let read = Read {
+            user_id: user_id.to_owned(),
+            done,
+        };
+        self.queue
+            .send(read)
+            .map_err(|_| Error::Unavailable("the database readers have stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("a database reader dropped a read".into()))?
+    }
+}
+
+/// Takes batches from the shared queue and reads each in one statement, until the queue closes.
+/// The queue's lock is held while waiting for the first read of a batch and released before the
+/// statement, so the other readers gather the next batches meanwhile.
+async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedReceiver<Read>>>) {
+    let mut connection: Option<PgConnection> = None;
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(read) => batch.push(read),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        metrics::histogram!(READ_BATCH_SIZE).record(batch.len() as f64);
+        let rows = match connection.as_mut() {
+            Some(open) => read_batch(open, &batch).await,
+            None => match super::batch::connect(&url, timeout).await {
+                Ok(open) => read_batch(connection.insert(open), &batch).await,
+                Err(e) => Err(classify("connecting a database reader", e)),
+            },
+        };
+        match rows {
+            Ok(snapshots) => {
+                for read in batch {
+                    // A user asked for twice in one batch gets the same row twice.
+                    let snapshot = snapshots.get(&read.user_id).cloned();
+                    let _ = read.done.send(Ok(snapshot));
+                }
+            }
+            Err(error) => {
+                connection = None;
+                for read in batch {
+                    let _ = read.done.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Reads the batch's users in one statement, by user id.
+async fn read_batch(
+    connection: &mut PgConnection,
+    batch: &[Read],
+) -> Result<HashMap<String, Snapshot>, Error> {
+    let ids: Vec<&str> = batch.iter().map(|read| read.user_id.as_str()).collect();
+    let rows: Vec<PgRow> = sqlx::query(SELECT_SNAPSHOTS)
+        .bind(ids)
+        .fetch_all(connection)
+        .await
+        .map_err(|e| classify("loading users", e))?;
+    rows.iter()
+        .map(|row| snapshot_from_row(row).map(|s| (s.user.user_id.clone(), s)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| classify("reading a user row", e))
+}
