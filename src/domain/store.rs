@@ -35,7 +35,7 @@ pub enum TotpChange {
 }
 
 /// The outcome of a decision, written in one transaction.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Changes {
     /// When the events happened.
     pub at: Timestamp,

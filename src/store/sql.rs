@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use sqlx::any::AnyArguments;
+use tokio::sync::oneshot;
 
 use sqlx::{Any, AnyConnection, ColumnIndex, Connection, Decode, Row, Type, query::Query};
 
@@ -37,9 +38,21 @@ pub struct SqlStore {
     /// them SQLite's busy handler, which polls with sleeps of up to 100 ms (long tail latencies).
     /// Other processes on the same file still meet the busy timeout.
     sqlite_writer: Arc<tokio::sync::Mutex<()>>,
+    /// SQLite: conditional writes waiting for the writer lock. Whoever takes the lock writes all
+    /// that wait, in one transaction (group commit: one commit and one sync for the lot).
+    sqlite_pending: Arc<std::sync::Mutex<Vec<PendingWrite>>>,
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
+
+/// SQLite: a command's conditional write, waiting to join the next group commit.
+#[derive(Debug)]
+struct PendingWrite {
+    changes: Arc<Changes>,
+    expected_version: u64,
+    /// Whether the write happened (false: the version had moved on).
+    done: oneshot::Sender<Result<bool, Error>>,
+}
 
 /// The columns of a snapshot: a user and its TOTP, if any.
 macro_rules! select_snapshot {
@@ -203,6 +216,7 @@ impl SqlStore {
             dialect,
             grouped,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
+            sqlite_pending: Arc::default(),
         }
     }
 
@@ -230,64 +244,113 @@ impl SqlStore {
     }
 
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
+    /// The write joins those of the commands waiting for the writer lock: the command that takes
+    /// the lock writes every waiting one in one transaction, and answers each.
     async fn write_sqlite(
         &self,
         conn: &mut AnyConnection,
-        changes: &Changes,
+        changes: Arc<Changes>,
         expected_version: u64,
     ) -> Result<bool, Error> {
-        let user = &changes.user;
+        let (done, mut outcome) = oneshot::channel();
+        self.sqlite_pending
+            .lock()
+            .expect("pending writes lock")
+            .push(PendingWrite {
+                changes,
+                expected_version,
+                done,
+            });
         let _writer = self.sqlite_writer.lock().await;
-        // BEGIN IMMEDIATE takes the write lock at once: the version check and the writes after it
-        // cannot interleave with another writer.
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
+        // The previous holder of the lock may have written ours already.
+        if let Ok(result) = outcome.try_recv() {
+            return result;
+        }
+        let batch = std::mem::take(&mut *self.sqlite_pending.lock().expect("pending writes lock"));
+        match write_sqlite_batch(conn, &batch).await {
+            Ok(written) => {
+                for (write, written) in batch.into_iter().zip(written) {
+                    let _ = write.done.send(Ok(written));
+                }
+            }
+            Err(error) => {
+                for write in batch {
+                    let _ = write.done.send(Err(error.clone()));
+                }
+            }
+        }
+        outcome
             .await
-            .map_err(|e| classify("beginning a transaction", e))?;
-        let updated = bind_user_update(
-            sqlx::query(UPDATE_USER_IF_UNCHANGED),
-            user,
-            expected_version,
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| classify("updating a user", e))?;
-        if updated.rows_affected() == 0 {
-            tx.rollback()
-                .await
-                .map_err(|e| classify("rolling back", e))?;
-            return Ok(false);
-        }
-        if !changes.events.is_empty() {
-            let sql = insert_events_sql(changes.events.len(), 1);
-            bind_events(sqlx::query(&sql), changes)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| classify("appending events", e))?;
-        }
-        match &changes.totp {
-            TotpChange::Keep => {}
-            TotpChange::Put(totp) => {
-                let sql = format!(
-                    "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
-                    placeholders(1, 8)
-                );
-                bind_totp(sqlx::query(&sql), &user.user_id, totp)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify("storing the TOTP", e))?;
-            }
-            TotpChange::Delete => {
-                sqlx::query("DELETE FROM totp WHERE user_id = $1")
-                    .bind(user.user_id.clone())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| classify("removing the TOTP", e))?;
-            }
-        }
-        tx.commit().await.map_err(|e| classify("committing", e))?;
-        Ok(true)
+            .map_err(|_| Error::Internal("a pending write was dropped".into()))?
     }
+}
+
+/// Writes a batch of conditional writes in one `BEGIN IMMEDIATE` transaction (the write lock is
+/// taken at once: the version checks and the writes after them cannot interleave with another
+/// writer); answers for each whether it was written. A failed statement fails the batch.
+async fn write_sqlite_batch(
+    conn: &mut AnyConnection,
+    batch: &[PendingWrite],
+) -> Result<Vec<bool>, Error> {
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| classify("beginning a transaction", e))?;
+    let mut written = Vec::with_capacity(batch.len());
+    for write in batch {
+        written.push(apply_sqlite_write(&mut tx, &write.changes, write.expected_version).await?);
+    }
+    tx.commit().await.map_err(|e| classify("committing", e))?;
+    Ok(written)
+}
+
+/// One conditional write inside a transaction: nothing is written unless the user's row is still
+/// at `expected_version`.
+async fn apply_sqlite_write(
+    conn: &mut AnyConnection,
+    changes: &Changes,
+    expected_version: u64,
+) -> Result<bool, Error> {
+    let user = &changes.user;
+    let updated = bind_user_update(
+        sqlx::query(UPDATE_USER_IF_UNCHANGED),
+        user,
+        expected_version,
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| classify("updating a user", e))?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if !changes.events.is_empty() {
+        let sql = insert_events_sql(changes.events.len(), 1);
+        bind_events(sqlx::query(&sql), changes)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| classify("appending events", e))?;
+    }
+    match &changes.totp {
+        TotpChange::Keep => {}
+        TotpChange::Put(totp) => {
+            let sql = format!(
+                "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
+                placeholders(1, 8)
+            );
+            bind_totp(sqlx::query(&sql), &user.user_id, totp)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify("storing the TOTP", e))?;
+        }
+        TotpChange::Delete => {
+            sqlx::query("DELETE FROM totp WHERE user_id = $1")
+                .bind(user.user_id.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify("removing the TOTP", e))?;
+        }
+    }
+    Ok(true)
 }
 
 /// Reads a user and its TOTP in one statement (so the two agree).
@@ -394,18 +457,19 @@ impl Store for SqlStore {
                     "changes decided for missing user {user_id}"
                 )));
             };
-            let changes = decide(snapshot)?;
+            let changes = Arc::new(decide(snapshot)?);
             let written = match &self.grouped {
                 Some(grouped) => grouped.writes.write(&changes, expected_version).await?,
                 None => {
                     self.with_connection(async |conn| {
-                        self.write_sqlite(conn, &changes, expected_version).await
+                        self.write_sqlite(conn, changes.clone(), expected_version)
+                            .await
                     })
                     .await?
                 }
             };
             if written {
-                return committed(changes);
+                return committed(Arc::unwrap_or_clone(changes));
             }
             back_off(attempt).await;
         }
