@@ -656,10 +656,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
     let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
     // Users are provisioned for the rate a run may reach, with a margin; too few would end a
-    // run early, too many cost set-up time (SQLite adds ~1,000 users/s). Valid checks are sized
-    // from the fastest valid-check run so far (at most the next concurrency can be 2.5× that);
-    // verifications from the valid-check run just before, at the same protocol and concurrency.
+    // run early, too many cost set-up time (provisioning is most of the benchmark's time).
+    // Valid checks are sized from the valid-check rate already seen at the same concurrency (an
+    // earlier protocol) with a margin of 1.5, else from the fastest so far (the next
+    // concurrency can be 2.5× that); verifications from the valid-check run just before.
     let mut fastest_valid_checks = 2000.0_f64;
+    let mut valid_checks_at: BTreeMap<usize, f64> = BTreeMap::new();
     let mut last_valid_checks = fastest_valid_checks;
     let mut unexpected = 0;
     for &protocol in &args.protocols {
@@ -672,7 +674,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         // Each user gives up to three checks in a row, each on the earliest
                         // step the service accepts that is later than the last one used, so
                         // every step is fresh (replay protection is exercised, not tripped).
-                        let needed = (fastest_valid_checks * 2.5 * seconds) as usize / 3 + 100;
+                        let rate = valid_checks_at
+                            .get(&concurrency)
+                            .map_or(fastest_valid_checks * 2.5, |rate| rate * 1.5);
+                        let needed = (rate * seconds) as usize / 3 + 100;
                         let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
                         Arc::new(move |user, used| {
                             let Some(user) = users.get(user) else {
@@ -732,6 +737,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 if scenario == Scenario::CheckValid {
                     last_valid_checks = report.rps;
                     fastest_valid_checks = fastest_valid_checks.max(report.rps);
+                    valid_checks_at.insert(concurrency, report.rps);
                 }
                 unexpected += report.unexpected;
                 if report.unexpected > 0 {

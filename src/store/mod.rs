@@ -3,9 +3,9 @@
 //!
 //! One implementation ([`sql::SqlStore`]) serves both databases through sqlx's `Any` driver, over
 //! our own small pool ([`connections`]); the SQL is the same but for the commands' reads and
-//! conditional writes, which on Postgres are grouped with those of concurrent commands
-//! ([`batch_read`], [`batch`]; native driver for array parameters) and on SQLite run one by one
-//! (the write in one immediate transaction). [`Dialect`] decides the differences in one place.
+//! conditional writes, which on Postgres are grouped with those of concurrent commands into shared
+//! statements ([`batch_read`], [`batch`]; native driver for array parameters) and on SQLite into
+//! shared transactions (in [`sql`]). [`Dialect`] decides the differences in one place.
 
 pub mod batch;
 pub mod batch_read;

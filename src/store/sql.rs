@@ -2,10 +2,11 @@
 //!
 //! A write is optimistic: read the user (one statement), let the domain decide, then write the
 //! user row, the events and the TOTP row all or nothing, on the condition that the row's
-//! `version` is still the one read. On Postgres the read and the write each join those of
-//! concurrent commands in one statement ([`Grouped`]), and no lock is held while the domain
-//! decides; SQLite writes in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so the decision
-//! always rests on the state it changes.
+//! `version` is still the one read. No lock is held while the domain decides. Writes are grouped
+//! with those of concurrent commands: on Postgres the read and the write each join others in one
+//! statement ([`Grouped`]); on SQLite the command that takes the writer lock writes every command
+//! waiting for it in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so
+//! the decision always rests on the state it changes.
 
 use std::sync::Arc;
 use std::time::Duration;
