@@ -80,7 +80,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
     }
     let options = StoreOptions {
         url: url.clone(),
-        max_connections: config.db_max_connections,
+        max_connections: config.effective_db_max_connections(),
         acquire_timeout: Duration::from_secs(5),
         // Twice the request timeout: a stuck write is abandoned by its request first, and then
         // gives the writer back.

@@ -169,14 +169,9 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
-    /// Most database connections in the pool.
-    #[arg(
-        long,
-        env = "TOTP_DB_MAX_CONNECTIONS",
-        default_value_t = 16,
-        global = true
-    )]
-    pub db_max_connections: u32,
+    /// Most database connections in the pool [default: 16 on Postgres, 8 on SQLite]
+    #[arg(long, env = "TOTP_DB_MAX_CONNECTIONS", global = true)]
+    pub db_max_connections: Option<u32>,
 }
 
 impl Config {
@@ -186,6 +181,17 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}/totp.db?mode=rwc", self.data_dir.display()),
         }
+    }
+
+    /// The pool size: the one configured, else 16 on Postgres and 8 on SQLite (a SQLite
+    /// connection has a thread and a page cache of its own, and only one writes at a time).
+    pub fn effective_db_max_connections(&self) -> u32 {
+        self.db_max_connections.unwrap_or_else(|| {
+            match crate::store::Dialect::of_url(&self.effective_database_url()) {
+                Some(crate::store::Dialect::Sqlite) => 8,
+                _ => 16,
+            }
+        })
     }
 }
 
@@ -229,7 +235,7 @@ impl fmt::Debug for Config {
             .field("db_wait", &self.db_wait)
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
-            .field("db_max_connections", &self.db_max_connections)
+            .field("db_max_connections", &self.effective_db_max_connections())
             .finish()
     }
 }
@@ -279,5 +285,35 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("c2VjcmV0"), "{printed}");
         assert!(printed.contains("postgres://app:***@db/totp"), "{printed}");
+    }
+
+    #[test]
+    fn pool_size_defaults_by_database_and_yields_to_the_setting() {
+        let pool = |args: &[&str]| {
+            let mut argv = vec!["totp-service"];
+            argv.extend_from_slice(args);
+            Cli::parse_from(argv).config.effective_db_max_connections()
+        };
+        // (URLs given explicitly: the test command sets DATABASE_URL.)
+        assert_eq!(pool(&["--database-url", "sqlite://data/totp.db"]), 8);
+        assert_eq!(pool(&["--database-url", "postgres://app@db/totp"]), 16);
+        assert_eq!(
+            pool(&[
+                "--database-url",
+                "sqlite://data/totp.db",
+                "--db-max-connections",
+                "3"
+            ]),
+            3
+        );
+        assert_eq!(
+            pool(&[
+                "--database-url",
+                "postgres://app@db/totp",
+                "--db-max-connections",
+                "40"
+            ]),
+            40
+        );
     }
 }

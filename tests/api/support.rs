@@ -215,7 +215,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         db_wait: Duration::from_secs(5),
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
-        db_max_connections: 4,
+        db_max_connections: Some(4),
     }
 }
 
