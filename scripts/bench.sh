@@ -38,7 +38,30 @@ wait_ready() {
     exit 1
 }
 
+results=$work/results.jsonl
+
+run_service() { # $1 = label, rest = env assignments
+    local label=$1; shift
+    local port; port=$(free_port)
+    mkdir -p "$work/$label"
+    env "$@" TOTP_DATA_DIR="$work/$label" TOTP_LISTEN="127.0.0.1:$port" TOTP_MAX_ATTEMPTS=1000000000 \
+        RUST_LOG=warn "$bin/totp-service" serve > "$work/$label.log" 2>&1 &
+    pids+=($!)
+    service_pid=$!
+    wait_ready "$port"
+    local token
+    token=$(TOTP_DATA_DIR="$work/$label" "$bin/totp-service" token --sub bench \
+        --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
+    "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
+        --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
+        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
+        || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
+    kill "$service_pid"
+}
+
 # ---- Postgres ----------------------------------------------------------------------------------
+# (not indented: the heredoc below must start its lines)
+if [[ ",$DATABASES," == *,postgres,* ]]; then
 pg_bin=$(dirname "$(readlink -f "$(command -v initdb 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")")
 as_postgres=()
 mkdir -p "$work/pg"
@@ -62,7 +85,6 @@ cat > "$work/write.sql" <<'SQL'
 SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = 'pgb-' || :n;
 WITH u AS (UPDATE users SET sequence = sequence + 1, change_date = 1, version = version + 1 WHERE user_id = 'pgb-' || :n RETURNING user_id, sequence), e AS (INSERT INTO events SELECT user_id, sequence, 'bench', '{}', 'bench', 'pgbench', 1 FROM u), t AS (UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id IN (SELECT user_id FROM u)) SELECT user_id FROM u;
 SQL
-results=$work/results.jsonl
 for c in ${CONCURRENCY//,/ }; do
     rm -f "$work"/pgbench_log.*
     (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
@@ -73,27 +95,9 @@ for c in ${CONCURRENCY//,/ }; do
     echo "pgbench c=$c: $tps tx/s, p99 $p99 ms" >&2
 done
 
-run_service() { # $1 = label, rest = env assignments
-    local label=$1; shift
-    local port; port=$(free_port)
-    mkdir -p "$work/$label"
-    env "$@" TOTP_DATA_DIR="$work/$label" TOTP_LISTEN="127.0.0.1:$port" TOTP_MAX_ATTEMPTS=1000000000 \
-        RUST_LOG=warn "$bin/totp-service" serve > "$work/$label.log" 2>&1 &
-    pids+=($!)
-    service_pid=$!
-    wait_ready "$port"
-    local token
-    token=$(TOTP_DATA_DIR="$work/$label" "$bin/totp-service" token --sub bench \
-        --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
-    "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
-        --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
-        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
-        || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
-    kill "$service_pid"
-}
-
 echo "load on the service (Postgres) ..." >&2
 run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+fi
 
 if [[ ",$DATABASES," == *,sqlite,* ]]; then
     echo "SQLite ceiling and load on the service (SQLite) ..." >&2
