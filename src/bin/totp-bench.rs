@@ -510,6 +510,22 @@ enum Work {
 
 type WorkItems = Arc<dyn Fn(usize, Option<i64>) -> Work + Send + Sync>;
 
+/// One request per user, taking the users of `pool` in turn (over and over), each with the code
+/// `code` makes from its secret.
+fn round_robin(
+    pool: Arc<Vec<BenchUser>>,
+    code: impl Fn(&Secret) -> String + Send + Sync + 'static,
+) -> WorkItems {
+    Arc::new(move |user, _| {
+        let user = &pool[user % pool.len()];
+        Work::Send(Request {
+            user_id: user.id.clone(),
+            code: code(&user.secret),
+            step: None,
+        })
+    })
+}
+
 /// Runs one scenario: `concurrency` workers take users until the time is up or the users run
 /// out. `item(user, used)` gives the user's next request.
 async fn measure(
@@ -698,27 +714,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                             })
                         })
                     }
-                    Scenario::CheckWrong => {
-                        let users = wrong_pool.clone();
-                        Arc::new(move |user, _| {
-                            let user = &users[user % users.len()];
-                            Work::Send(Request {
-                                user_id: user.id.clone(),
-                                code: wrong_code(&user.secret),
-                                step: None,
-                            })
-                        })
-                    }
+                    Scenario::CheckWrong => round_robin(wrong_pool.clone(), wrong_code),
                     Scenario::CheckLocked => {
-                        let users = locked_pool.clone();
-                        Arc::new(move |user, _| {
-                            let user = &users[user % users.len()];
-                            Work::Send(Request {
-                                user_id: user.id.clone(),
-                                code: code_at(&user.secret, 0),
-                                step: None,
-                            })
-                        })
+                        round_robin(locked_pool.clone(), |secret| code_at(secret, 0))
                     }
                     Scenario::Verify => {
                         let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;

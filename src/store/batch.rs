@@ -76,7 +76,7 @@ struct PutTotp {
     created_at: i64,
 }
 
-/// The queue in front of the writer tasks.
+/// The queue in front of the writer task.
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
     queue: mpsc::UnboundedSender<Write>,
