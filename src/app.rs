@@ -85,6 +85,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
         // Twice the request timeout: a stuck write is abandoned by its request first, and then
         // gives the writer back.
         write_timeout: config.request_timeout * 2,
+        cache_capacity: config.user_cache_size,
     };
     // A database that starts beside the service may not answer yet: wait for it, saying so.
     let started = Instant::now();

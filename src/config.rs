@@ -172,6 +172,16 @@ pub struct Config {
     /// Most database connections in the pool [default: 16 on Postgres, 8 on SQLite]
     #[arg(long, env = "TOTP_DB_MAX_CONNECTIONS", global = true)]
     pub db_max_connections: Option<u32>,
+
+    /// Users whose last known state is kept in memory, so that a command on a user seen recently
+    /// skips a database read (every write still checks the database's version); 0 turns it off
+    #[arg(
+        long,
+        env = "TOTP_USER_CACHE_SIZE",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub user_cache_size: usize,
 }
 
 impl Config {
@@ -236,6 +246,7 @@ impl fmt::Debug for Config {
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
             .field("db_max_connections", &self.effective_db_max_connections())
+            .field("user_cache_size", &self.user_cache_size)
             .finish()
     }
 }

@@ -767,6 +767,7 @@ async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
         max_connections: 1,
         acquire_timeout: Duration::from_secs(30),
         write_timeout: Duration::from_secs(30),
+        cache_capacity: 0,
     })
     .await
     .context("opening the SQLite file")?

@@ -58,8 +58,9 @@ pub struct Committed {
 }
 
 /// The domain's decision on the current state (`None` when the user does not exist). An `Err`
-/// is answered without writing anything. It may run more than once (after a lost race), so it
-/// must depend only on the state it is given.
+/// is answered without writing anything. It may run more than once (after a lost race, or on
+/// the database's state after a refusal of a remembered one), so it must depend only on the state
+/// it is given.
 pub type Decide = Box<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
 
 /// Database connections by state.
@@ -80,7 +81,9 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error>;
 
     /// Reads the user, lets `decide` choose the changes and writes them with their events, all or
-    /// nothing, if the user's row is unchanged since the read; else reads and decides again.
+    /// nothing, if the user's row is unchanged since the read; else reads and decides again. The
+    /// first read may be of a remembered state, as long as the write's condition guards it and a
+    /// refusal decided on it is decided again on the database's state.
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error>;
 
     /// Up to `limit` ids of users, in id order after `after`, whose TOTP secret is sealed under a

@@ -5,10 +5,12 @@
 //! our own small pool ([`connections`]); the SQL is the same but for the commands' reads and
 //! conditional writes, which on Postgres are grouped with those of concurrent commands into shared
 //! statements ([`batch_read`], [`batch`]; native driver for array parameters) and on SQLite into
-//! shared transactions (in [`sql`]). [`Dialect`] decides the differences in one place.
+//! shared transactions (in [`sql`]). [`Dialect`] decides the differences in one place. Recently
+//! seen users' state is kept in process ([`cache`]) to spare a command its read.
 
 pub mod batch;
 pub mod batch_read;
+pub mod cache;
 pub mod connections;
 pub mod sql;
 
@@ -66,6 +68,8 @@ pub struct StoreOptions {
     /// Postgres: longest a group-commit statement may run (e.g. waiting on a row lock held by a
     /// foreign session) before it fails, so that one stuck write cannot hold up the others.
     pub write_timeout: Duration,
+    /// How many users' last known state to keep in process (0: none); see [`cache`].
+    pub cache_capacity: usize,
 }
 
 /// Connects, migrates, and returns the store.
@@ -92,7 +96,12 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
         reads: batch_read::GroupRead::start(&options.url, options.write_timeout),
         writes: batch::GroupCommit::start(&options.url, options.write_timeout),
     });
-    Ok(SqlStore::new(connections, dialect, grouped))
+    Ok(SqlStore::new(
+        connections,
+        dialect,
+        grouped,
+        cache::SnapshotCache::new(options.cache_capacity),
+    ))
 }
 
 impl SqlStore {

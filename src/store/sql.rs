@@ -6,7 +6,8 @@
 //! with those of concurrent commands: on Postgres the read and the write each join others in one
 //! statement ([`Grouped`]); on SQLite the command that takes the writer lock writes every command
 //! waiting for it in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so
-//! the decision always rests on the state it changes.
+//! the decision always rests on the state it changes. The first decision may rest on the user's
+//! cached state instead of a read ([`SnapshotCache`]): the same version condition guards it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use tokio::sync::oneshot;
 
 use sqlx::{Any, AnyConnection, ColumnIndex, Connection, Decode, Row, Type, query::Query};
 
+use super::cache::SnapshotCache;
 use super::connections::{Connections, Lease};
 use super::{Dialect, Grouped, classify};
 use crate::domain::clock::Timestamp;
@@ -42,6 +44,9 @@ pub struct SqlStore {
     /// SQLite: conditional writes waiting for the writer lock. Whoever takes the lock writes all
     /// that wait, in one transaction (group commit: one commit and one sync for the lot).
     sqlite_pending: Arc<std::sync::Mutex<Vec<PendingWrite>>>,
+    /// Recently seen users' last known state: a command may decide on it without a read (see
+    /// [`SnapshotCache`] for why that is safe).
+    cache: Arc<SnapshotCache>,
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
@@ -211,13 +216,19 @@ where
 }
 
 impl SqlStore {
-    pub fn new(connections: Connections, dialect: Dialect, grouped: Option<Grouped>) -> Self {
+    pub fn new(
+        connections: Connections,
+        dialect: Dialect,
+        grouped: Option<Grouped>,
+        cache: SnapshotCache,
+    ) -> Self {
         SqlStore {
             connections: Arc::new(connections),
             dialect,
             grouped,
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
             sqlite_pending: Arc::default(),
+            cache: Arc::new(cache),
         }
     }
 
@@ -367,6 +378,21 @@ async fn read_snapshot(conn: &mut AnyConnection, user_id: &str) -> Result<Option
         .map_err(|e| classify("reading a user row", e))
 }
 
+/// The user's state once `changes` are written: the row at `version`, and the TOTP row as changed
+/// (or as it was, `totp_before`, if the changes keep it).
+fn state_after(changes: &Changes, totp_before: Option<TotpRecord>, version: u64) -> Snapshot {
+    let user = UserRecord {
+        version,
+        ..changes.user.clone()
+    };
+    let totp = match &changes.totp {
+        TotpChange::Keep => totp_before,
+        TotpChange::Put(totp) => Some(totp.clone()),
+        TotpChange::Delete => None,
+    };
+    Snapshot { user, totp }
+}
+
 /// A short random pause after a lost race, growing with the attempts, so that writers on one
 /// user do not collide again in lockstep.
 async fn back_off(attempt: u32) {
@@ -434,23 +460,36 @@ impl Store for SqlStore {
             Ok(())
         })
         .await?;
+        self.cache.put(state_after(&changes, None, 0));
         committed(changes)
     }
 
+    /// Reads from the database (never from the cache), and remembers what it read.
     async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
-        match &self.grouped {
-            Some(grouped) => grouped.reads.read(user_id).await,
+        let snapshot = match &self.grouped {
+            Some(grouped) => grouped.reads.read(user_id).await?,
             None => {
                 self.with_connection(async |conn| read_snapshot(conn, user_id).await)
-                    .await
+                    .await?
             }
+        };
+        if let Some(snapshot) = &snapshot {
+            self.cache.put(snapshot.clone());
         }
+        Ok(snapshot)
     }
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
+        // First on the cached state, if any: a write decided on it is conditional like any other,
+        // and a refusal decided on it is not trusted (see `SnapshotCache`).
+        let mut cached = self.cache.get(user_id);
         // Bounded by the caller's request timeout; each lost race means another writer succeeded.
         for attempt in 0u32.. {
-            let snapshot = self.load(user_id).await?;
+            let from_cache = cached.is_some();
+            let snapshot = match cached.take() {
+                Some(snapshot) => Some(snapshot),
+                None => self.load(user_id).await?,
+            };
             let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
                 // The domain refuses a missing user; changes for one would be a domain bug.
                 decide(None)?;
@@ -458,7 +497,12 @@ impl Store for SqlStore {
                     "changes decided for missing user {user_id}"
                 )));
             };
-            let changes = Arc::new(decide(snapshot)?);
+            let totp_before = snapshot.as_ref().and_then(|s| s.totp.clone());
+            let changes = match decide(snapshot) {
+                Ok(changes) => Arc::new(changes),
+                Err(_) if from_cache => continue,
+                Err(refusal) => return Err(refusal),
+            };
             let written = match &self.grouped {
                 Some(grouped) => grouped.writes.write(&changes, expected_version).await?,
                 None => {
@@ -470,9 +514,14 @@ impl Store for SqlStore {
                 }
             };
             if written {
+                self.cache
+                    .put(state_after(&changes, totp_before, expected_version + 1));
                 return committed(Arc::unwrap_or_clone(changes));
             }
-            back_off(attempt).await;
+            // A stale cache entry is no contention: read again at once.
+            if !from_cache {
+                back_off(attempt).await;
+            }
         }
         unreachable!("the retry loop only ends by returning")
     }

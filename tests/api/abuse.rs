@@ -137,6 +137,66 @@ pub async fn two_instances_on_one_database_count_exactly(backend: Backend, proto
     assert_eq!(tally.refused("TOTP-Auw0a"), 3, "{tally:?}");
 }
 
+/// Each instance keeps its users' last known state in memory; a change made by the other
+/// instance must win over it every time, whether the stale state would accept or refuse.
+pub async fn an_instance_never_acts_on_a_state_another_instance_changed(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let first = Harness::start(options(backend, protocol, 5)).await;
+    let second = first.start_beside(options(backend, protocol, 5)).await;
+    let advance_both = || {
+        first.advance_steps(1);
+        second.advance_steps(1);
+    };
+    let (user, secret) = first.user_with_ready_totp().await;
+    let check_at_first = |code: String| {
+        let (first, user_id) = (&first, user.id.clone());
+        async move { first.check_totp(&first.admin(), &user_id, &code).await }
+    };
+
+    // The first instance remembers the next step as unused; the second uses it.
+    let code = first.code(&secret, 1);
+    second
+        .check_totp(&second.admin(), &user.id, &code)
+        .await
+        .unwrap();
+    check_at_first(code).await.unwrap_err().assert_rejected(
+        3,
+        "TOTP-Auw0a",
+        "Code was already used",
+    );
+
+    // The first remembers the user unlocked; the second locks: a valid code is not evaluated.
+    advance_both();
+    second.lock_user(&second.admin(), &user.id).await.unwrap();
+    check_at_first(first.code(&secret, 1))
+        .await
+        .unwrap_err()
+        .assert_rejected(9, "COMMAND-SF3fg", "User is locked");
+
+    // The first remembers the user locked; the second unlocks: the valid code is accepted.
+    second.unlock_user(&second.admin(), &user.id).await.unwrap();
+    check_at_first(first.code(&secret, 1)).await.unwrap();
+
+    // The first remembers a ready TOTP; the second removes it.
+    advance_both();
+    second.remove_totp(&second.admin(), &user.id).await.unwrap();
+    check_at_first(first.code(&secret, 1))
+        .await
+        .unwrap_err()
+        .assert_rejected(
+            5,
+            "COMMAND-3Mif9s",
+            "Multifactor OTP (OneTimePassword) doesn't exist",
+        );
+
+    // Every change is in the log once: added, register, verify, check at the second, failed
+    // check at the first, lock, unlock, check at the first, remove.
+    let shown = second.get_user(&second.admin(), &user.id).await.unwrap();
+    assert_eq!(shown.details.unwrap().sequence, 9);
+}
+
 pub async fn wrong_codes_on_verify_count_towards_the_lockout(backend: Backend, protocol: Protocol) {
     let h = Harness::start(options(backend, protocol, 2)).await;
     let (user, secret) = h.user_with_pending_totp().await;

@@ -77,6 +77,7 @@ every_protocol_and_backend!([
     parallel_submissions_of_one_code_succeed_exactly_once,
     parallel_wrong_codes_are_evaluated_exactly_max_attempts_times,
     two_instances_on_one_database_count_exactly,
+    an_instance_never_acts_on_a_state_another_instance_changed,
     wrong_codes_on_verify_count_towards_the_lockout,
     secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them,
     requests_over_64_kib_are_refused,
