@@ -2,7 +2,7 @@
 # The benchmark: builds in release, starts a throwaway Postgres (fsync and synchronous_commit on),
 # measures its ceiling with pgbench running the service's own write shape, then runs the load
 # generator against the service on that Postgres; then the same on the embedded SQLite default
-# with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-8 minutes.
+# with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-9 minutes.
 #
 #   scripts/bench.sh                  # full matrix, 5 s per run
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
@@ -97,6 +97,17 @@ done
 
 echo "load on the service (Postgres) ..." >&2
 run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+
+# The same targets with the user cache off ("postgres-cold"): every command reads the database
+# first, as when a user has not been seen for a while. At the highest concurrency only.
+only() { tr ',' '\n' <<< "$1" | grep -xE "$2" | paste -sd, - || true; }
+cold_scenarios=$(only "$SCENARIOS" 'check-valid|verify')
+cold_protocols=$(only "$PROTOCOLS" 'rest|grpc')
+if [ -n "$cold_scenarios" ] && [ -n "$cold_protocols" ]; then
+    echo "load on the service (Postgres, user cache off) ..." >&2
+    CONCURRENCY=${CONCURRENCY##*,} SCENARIOS=$cold_scenarios PROTOCOLS=$cold_protocols \
+        run_service postgres-cold DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40 TOTP_USER_CACHE_SIZE=0
+fi
 fi
 
 if [[ ",$DATABASES," == *,sqlite,* ]]; then
@@ -112,15 +123,15 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ceilings = {(r["ceiling"], r["concurrency"]): r for r in rows if "ceiling" in r}
 print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
-print(f"{'database':<9} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8}")
+print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8}")
 for r in rows:
     if "ceiling" in r:
         continue
-    ceiling = ceilings.get((r["database"], r["concurrency"]), {})
+    ceiling = ceilings.get((r["database"].split("-")[0], r["concurrency"]), {})
     ratio = r["rps"] / ceiling["rps"] if ceiling.get("rps") else float("nan")
     cpu = r.get("cpu_ms_per_1k")
     rss = r.get("peak_rss_mib")
-    print(f"{r['database']:<9} {r['scenario']:<13} {r['protocol']:<9} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p99_ms']:>8.2f} "
+    print(f"{r['database']:<13} {r['scenario']:<13} {r['protocol']:<9} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p99_ms']:>8.2f} "
           f"{ceiling.get('rps', float('nan')):>8.0f} {ceiling.get('p99_ms', float('nan')):>8.2f} {ratio:>6.2f} {r['unexpected']:>5} "
           f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8}")
 PY

@@ -26,7 +26,9 @@ pub struct SnapshotCache {
 
 #[derive(Default)]
 struct Entries {
-    by_user: HashMap<Arc<str>, Snapshot>,
+    /// Boxed behind `Arc`: the table's slots stay small (a snapshot inline is ~400 bytes, and a
+    /// hash table keeps up to twice as many slots as entries).
+    by_user: HashMap<Arc<str>, Arc<Snapshot>>,
     /// Users in the order they entered; the front leaves first. Same keys as `by_user`.
     arrival: VecDeque<Arc<str>>,
 }
@@ -44,7 +46,8 @@ impl SnapshotCache {
         if self.capacity == 0 {
             return None;
         }
-        self.lock().by_user.get(user_id).cloned()
+        let cached = self.lock().by_user.get(user_id).cloned();
+        cached.map(|snapshot| Snapshot::clone(&snapshot))
     }
 
     /// Remembers `snapshot` unless a newer version of the same user is already known (a slower
@@ -56,12 +59,12 @@ impl SnapshotCache {
         let mut entries = self.lock();
         if let Some(known) = entries.by_user.get_mut(snapshot.user.user_id.as_str()) {
             if known.user.version <= snapshot.user.version {
-                *known = snapshot;
+                *known = Arc::new(snapshot);
             }
             return;
         }
         let user_id: Arc<str> = Arc::from(snapshot.user.user_id.as_str());
-        entries.by_user.insert(user_id.clone(), snapshot);
+        entries.by_user.insert(user_id.clone(), Arc::new(snapshot));
         entries.arrival.push_back(user_id);
         while entries.by_user.len() > self.capacity {
             let Some(oldest) = entries.arrival.pop_front() else {
