@@ -178,7 +178,7 @@ pub struct Config {
     #[arg(
         long,
         env = "TOTP_USER_CACHE_SIZE",
-        default_value_t = 4096,
+        default_value_t = 1024,
         global = true
     )]
     pub user_cache_size: usize,

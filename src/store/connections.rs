@@ -131,6 +131,10 @@ async fn connect(url: &str, dialect: Dialect) -> Result<AnyConnection, sqlx::Err
         connection.execute("PRAGMA journal_mode = WAL").await?;
         connection.execute("PRAGMA busy_timeout = 10000").await?;
         connection.execute("PRAGMA foreign_keys = ON").await?;
+        // 1 MiB of page cache per connection instead of SQLite's 2 MiB: a command touches a few
+        // pages found by primary key, and the pool's page caches were a large share of the
+        // process's memory (peak RSS of a full benchmark pass 62.8 -> 59.2 MiB).
+        connection.execute("PRAGMA cache_size = -1024").await?;
     }
     Ok(connection)
 }

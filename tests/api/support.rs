@@ -216,7 +216,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
         db_max_connections: Some(4),
-        user_cache_size: 4096,
+        user_cache_size: 1024,
     }
 }
 
