@@ -234,24 +234,18 @@ impl Service {
             .await
     }
 
-    /// Runs storage work in its own task and waits for it at most the request timeout.
+    /// Waits for storage work at most the request timeout.
     ///
-    /// The work is never cancelled half-way: a database driver interrupted between sending a
-    /// statement and reading its answer can leave a connection inside a transaction, holding
-    /// locks (SQLite's write lock blocks every writer). So the task runs to its end even when
-    /// the client goes away or the timeout answers first; then, as gRPC's DEADLINE_EXCEEDED
-    /// says, the command may or may not have taken effect, and either way it is whole.
+    /// Giving up does not cut the work short: the store finishes what it started (see
+    /// [`Store`]), so, as gRPC's DEADLINE_EXCEEDED says, the command may or may not have taken
+    /// effect, and either way it is whole.
     async fn bounded<T, Work>(&self, work: impl FnOnce(Arc<dyn Store>) -> Work) -> Result<T, Error>
     where
-        T: Send + 'static,
-        Work: Future<Output = Result<T, Error>> + Send + 'static,
+        Work: Future<Output = Result<T, Error>>,
     {
-        let task = tokio::spawn(work(self.store.clone()));
-        match tokio::time::timeout(self.settings.request_timeout, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(failed)) => Err(Error::Internal(format!("storage task failed: {failed}"))),
-            Err(_) => Err(TOO_SLOW.into()),
-        }
+        tokio::time::timeout(self.settings.request_timeout, work(self.store.clone()))
+            .await
+            .unwrap_or_else(|_| Err(TOO_SLOW.into()))
     }
 
     /// Runs `decide` on an existing user inside a write transaction, after the access checks.

@@ -71,6 +71,10 @@ pub struct ConnectionStats {
 }
 
 /// Storage for users, their TOTP credentials and their event log.
+///
+/// A caller may stop waiting for any method at any point (a request's timeout, a client gone).
+/// The store then still finishes what it started, so a change lands whole or not at all and no
+/// connection is left inside a transaction.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new user (and optionally a TOTP) with its first events, or refuses with

@@ -9,6 +9,7 @@
 //! the decision always rests on the state it changes. The first decision may rest on the user's
 //! cached state instead of a read ([`SnapshotCache`]): the same version condition guards it.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -401,9 +402,10 @@ async fn back_off(attempt: u32) {
     tokio::time::sleep(Duration::from_micros(pause)).await;
 }
 
-#[async_trait]
-impl Store for SqlStore {
-    async fn insert_user(&self, changes: Changes) -> Result<Committed, Error> {
+/// The work behind the [`Store`] methods. Each runs to its end only if its caller keeps waiting;
+/// the trait methods below decide which need a task of their own for that.
+impl SqlStore {
+    async fn insert_user_now(&self, changes: Changes) -> Result<Committed, Error> {
         let user = &changes.user;
         let profile = serde_json::to_string(&user.profile)
             .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
@@ -465,7 +467,7 @@ impl Store for SqlStore {
     }
 
     /// Reads from the database (never from the cache), and remembers what it read.
-    async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
+    async fn load_now(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
         let snapshot = match &self.grouped {
             Some(grouped) => grouped.reads.read(user_id).await?,
             None => {
@@ -479,7 +481,7 @@ impl Store for SqlStore {
         Ok(snapshot)
     }
 
-    async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
+    async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
         // First on the cached state, if any: a write decided on it is conditional like any other,
         // and a refusal decided on it is not trusted (see `SnapshotCache`).
         let mut cached = self.cache.get(user_id);
@@ -488,7 +490,7 @@ impl Store for SqlStore {
             let from_cache = cached.is_some();
             let snapshot = match cached.take() {
                 Some(snapshot) => Some(snapshot),
-                None => self.load(user_id).await?,
+                None => self.load_now(user_id).await?,
             };
             let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
                 // The domain refuses a missing user; changes for one would be a domain bug.
@@ -526,7 +528,7 @@ impl Store for SqlStore {
         unreachable!("the retry loop only ends by returning")
     }
 
-    async fn totp_sealed_with_other_key(
+    async fn totp_sealed_with_other_key_now(
         &self,
         key_id: &str,
         after: &str,
@@ -551,6 +553,76 @@ impl Store for SqlStore {
             .map_err(|e| classify("reading user ids", e))
     }
 
+    async fn ping_now(&self) -> Result<(), Error> {
+        self.with_connection(async |conn| {
+            sqlx::query("SELECT 1")
+                .execute(conn)
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("pinging the database", e))
+        })
+        .await
+    }
+
+    /// Runs `work` in a task of its own, which goes on to its end when the caller stops waiting:
+    /// a driver interrupted between sending a statement and reading its answer can leave a
+    /// connection inside a transaction, holding locks (SQLite's write lock blocks every writer),
+    /// and a SQLite command leading a group commit writes for the others too.
+    async fn to_the_end<T, Work>(&self, work: impl FnOnce(SqlStore) -> Work) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        Work: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        tokio::spawn(work(self.clone()))
+            .await
+            .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
+    }
+}
+
+/// On Postgres, a command's read and write are requests queued to the group reader and writer
+/// tasks, which finish them whether or not the command still waits: `load` and `update` need no
+/// task of their own there (one task switch less per request). Everything else, and everything
+/// on SQLite, runs in one (see [`SqlStore::to_the_end`]).
+#[async_trait]
+impl Store for SqlStore {
+    async fn insert_user(&self, changes: Changes) -> Result<Committed, Error> {
+        self.to_the_end(async move |store| store.insert_user_now(changes).await)
+            .await
+    }
+
+    async fn load(&self, user_id: &str) -> Result<Option<Snapshot>, Error> {
+        if self.grouped.is_some() {
+            return self.load_now(user_id).await;
+        }
+        let user_id = user_id.to_owned();
+        self.to_the_end(async move |store| store.load_now(&user_id).await)
+            .await
+    }
+
+    async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
+        if self.grouped.is_some() {
+            return self.update_now(user_id, decide).await;
+        }
+        let user_id = user_id.to_owned();
+        self.to_the_end(async move |store| store.update_now(&user_id, decide).await)
+            .await
+    }
+
+    async fn totp_sealed_with_other_key(
+        &self,
+        key_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, Error> {
+        let (key_id, after) = (key_id.to_owned(), after.to_owned());
+        self.to_the_end(async move |store| {
+            store
+                .totp_sealed_with_other_key_now(&key_id, &after, limit)
+                .await
+        })
+        .await
+    }
+
     async fn close(&self) {
         self.connections.close().await;
     }
@@ -561,13 +633,7 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        self.with_connection(async |conn| {
-            sqlx::query("SELECT 1")
-                .execute(conn)
-                .await
-                .map(|_| ())
-                .map_err(|e| classify("pinging the database", e))
-        })
-        .await
+        self.to_the_end(async move |store| store.ping_now().await)
+            .await
     }
 }
