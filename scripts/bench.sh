@@ -4,12 +4,12 @@
 # generator against the service on that Postgres; then the same on the embedded SQLite default
 # with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-9 minutes.
 #
-#   scripts/bench.sh                  # full matrix, 5 s per run
+#   scripts/bench.sh                  # full matrix, 3 s per run (~9 minutes)
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-3s}
 CONCURRENCY=${CONCURRENCY:-1,8,32}
 PROTOCOLS=${PROTOCOLS:-rest,grpc,grpc-web}
 SCENARIOS=${SCENARIOS:-check-valid,check-wrong,check-locked,verify}
