@@ -110,7 +110,8 @@ enum Protocol {
 enum Scenario {
     /// CheckTOTP with valid codes, each user's time step used once.
     CheckValid,
-    /// CheckTOTP with wrong codes (run the service with a lockout above what a run reaches).
+    /// CheckTOTP with wrong codes, three in a row per user (run the service with a lockout above
+    /// what a run reaches).
     CheckWrong,
     /// CheckTOTP against locked users.
     CheckLocked,
@@ -494,12 +495,13 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
 struct Request {
     user_id: String,
     code: String,
-    /// The step the code uses, when the user takes further requests (valid checks); `None` when
-    /// a user takes one request.
-    step: Option<i64>,
+    /// What the user's next request is made from, when the user takes further requests: the time
+    /// step this code uses (valid checks), or how many of the user's requests have been sent
+    /// (wrong codes); `None` when a user takes one request.
+    carry: Option<i64>,
 }
 
-/// What a worker does next with a user, given the step its last request used (if any).
+/// What a worker does next with a user, given what its last request carried (if any).
 enum Work {
     Send(Request),
     /// This user has no more requests; take the next.
@@ -510,24 +512,29 @@ enum Work {
 
 type WorkItems = Arc<dyn Fn(usize, Option<i64>) -> Work + Send + Sync>;
 
-/// One request per user, taking the users of `pool` in turn (over and over), each with the code
-/// `code` makes from its secret.
+/// `in_a_row` requests per user, taking the users of `pool` in turn (over and over), each with the
+/// code `code` makes from its secret.
 fn round_robin(
     pool: Arc<Vec<BenchUser>>,
+    in_a_row: i64,
     code: impl Fn(&Secret) -> String + Send + Sync + 'static,
 ) -> WorkItems {
-    Arc::new(move |user, _| {
+    Arc::new(move |user, sent| {
+        let sent = sent.unwrap_or(0);
+        if sent == in_a_row {
+            return Work::NextUser;
+        }
         let user = &pool[user % pool.len()];
         Work::Send(Request {
             user_id: user.id.clone(),
             code: code(&user.secret),
-            step: None,
+            carry: (in_a_row > 1).then_some(sent + 1),
         })
     })
 }
 
 /// Runs one scenario: `concurrency` workers take users until the time is up or the users run
-/// out. `item(user, used)` gives the user's next request.
+/// out. `item(user, carried)` gives the user's next request.
 async fn measure(
     args: &RunArgs,
     client: &Client,
@@ -549,12 +556,12 @@ async fn measure(
             // so no two requests for one user are in flight at once.
             'users: while Instant::now() < deadline {
                 let user = next.fetch_add(1, Ordering::Relaxed);
-                let mut used = None;
+                let mut carried = None;
                 loop {
                     if Instant::now() >= deadline {
                         break 'users;
                     }
-                    let request = match item(user, used) {
+                    let request = match item(user, carried) {
                         Work::Send(request) => request,
                         Work::NextUser => continue 'users,
                         Work::OutOfUsers => break 'users,
@@ -570,8 +577,8 @@ async fn measure(
                     *outcomes
                         .entry(outcome.err().unwrap_or_else(|| "ok".into()))
                         .or_default() += 1;
-                    match request.step {
-                        Some(step) => used = Some(step),
+                    match request.carry {
+                        Some(carry) => carried = Some(carry),
                         None => continue 'users,
                     }
                 }
@@ -710,13 +717,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                                     totp::DIGITS,
                                     Algorithm::Sha1,
                                 ),
-                                step: Some(step),
+                                carry: Some(step),
                             })
                         })
                     }
-                    Scenario::CheckWrong => round_robin(wrong_pool.clone(), wrong_code),
+                    // Three wrong codes in a row per user, as a user retyping (and as the
+                    // valid checks come, so the two rows meet the user cache alike).
+                    Scenario::CheckWrong => round_robin(wrong_pool.clone(), 3, wrong_code),
                     Scenario::CheckLocked => {
-                        round_robin(locked_pool.clone(), |secret| code_at(secret, 0))
+                        round_robin(locked_pool.clone(), 1, |secret| code_at(secret, 0))
                     }
                     Scenario::Verify => {
                         let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
@@ -725,7 +734,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                             Some(user) => Work::Send(Request {
                                 user_id: user.id.clone(),
                                 code: code_at(&user.secret, 0),
-                                step: None,
+                                carry: None,
                             }),
                             None => Work::OutOfUsers,
                         })
