@@ -1,5 +1,6 @@
 //! One function per RPC. Each validates nothing itself (the types did), checks access, and hands
-//! the store a decision that runs inside the write transaction with the user's locked state.
+//! the store a decision on the user's state, which the store writes only if that state is still
+//! current (see [`super::store::Store::update`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,7 +127,7 @@ pub struct Service {
     settings: Arc<Settings>,
 }
 
-/// A user's state being changed inside a write transaction; collects the events.
+/// A user's state being changed by a command; collects the events.
 struct Draft {
     user: UserRecord,
     totp: Option<TotpRecord>,
@@ -248,7 +249,7 @@ impl Service {
             .unwrap_or_else(|_| Err(TOO_SLOW.into()))
     }
 
-    /// Runs `decide` on an existing user inside a write transaction, after the access checks.
+    /// Runs `decide` on an existing user's state, after the access checks, and writes the outcome.
     async fn change_user(
         &self,
         caller: &Caller,
