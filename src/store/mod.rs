@@ -92,10 +92,15 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
         options.acquire_timeout,
     )
     .await?;
-    let grouped = (dialect == Dialect::Postgres).then(|| Grouped {
-        reads: batch_read::GroupRead::start(&options.url, options.write_timeout),
-        writes: batch::GroupCommit::start(&options.url, options.write_timeout),
-    });
+    let grouped = if dialect == Dialect::Postgres {
+        Some(Grouped {
+            reads: batch_read::GroupRead::start(&options.url, options.write_timeout),
+            writes: batch::GroupCommit::start(&options.url, options.write_timeout)
+                .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
+        })
+    } else {
+        None
+    };
     Ok(SqlStore::new(
         connections,
         dialect,

@@ -345,6 +345,141 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
     assert_eq!(listed.auth_method_types.is_empty(), sequence == 2);
 }
 
+/// Waits until a session waits for a lock that the session `holder` holds.
+async fn until_a_session_waits_for(watch: &mut sqlx::PgConnection, holder: i32) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(holder)
+        .fetch_one(&mut *watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("no session ever waited for session {holder}");
+}
+
+/// The server process id of a session.
+async fn backend_pid(session: &mut sqlx::PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(session)
+        .await
+        .unwrap()
+}
+
+/// Deadlocks Postgres found, as its statistics show them.
+async fn deadlocks(watch: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&mut *watch)
+        .await
+        .unwrap()
+}
+
+/// Postgres only (the group-commit writer). Its statement locks a batch's users one by one; a
+/// foreign session that locks them in another order can deadlock with it, and Postgres then
+/// aborts the statement. The batch's commands must read and decide again, not fail.
+pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let h = Arc::new(Harness::start(options(backend, protocol, 5)).await);
+    let (blocker, blocker_secret) = h.user_with_ready_totp().await;
+    let mut pair = vec![
+        h.user_with_ready_totp().await,
+        h.user_with_ready_totp().await,
+    ];
+    // The writer locks in user id order: `first` before `second`.
+    pair.sort_by(|x, y| x.0.id.cmp(&y.0.id));
+    let (second, second_secret) = pair.pop().unwrap();
+    let (first, first_secret) = pair.pop().unwrap();
+    h.advance_steps(1);
+
+    let url = h
+        .config(&options(backend, protocol, 5))
+        .effective_database_url();
+    let connect = || <sqlx::PgConnection as sqlx::Connection>::connect(&url);
+    let (mut watch, mut hold_blocker, mut foreign) = (
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+    );
+    let deadlocks_before = deadlocks(&mut watch).await;
+    let (blocker_session, foreign_session) = (
+        backend_pid(&mut hold_blocker).await,
+        backend_pid(&mut foreign).await,
+    );
+    let lock =
+        |user_id: &str| format!("SELECT 1 FROM users WHERE user_id = '{user_id}' FOR UPDATE");
+
+    // The writer waits on the blocker's row while both checks of the pair queue behind it, so
+    // they travel together in the next statement.
+    sqlx::raw_sql(&format!("BEGIN; {}", lock(&blocker.id)))
+        .execute(&mut hold_blocker)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("BEGIN; {}", lock(&second.id)))
+        .execute(&mut foreign)
+        .await
+        .unwrap();
+    let check = |user_id: String, code: String| {
+        let h = h.clone();
+        tokio::spawn(async move { h.check_totp(&h.admin(), &user_id, &code).await })
+    };
+    let blocked = check(blocker.id.clone(), h.code(&blocker_secret, 0));
+    until_a_session_waits_for(&mut watch, blocker_session).await;
+    let checks = [
+        check(first.id.clone(), h.code(&first_secret, 0)),
+        check(second.id.clone(), h.code(&second_secret, 0)),
+    ];
+    // Time for both calls to reach the writer's queue, with room for a busy machine.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut hold_blocker)
+        .await
+        .unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap().details.unwrap().sequence, 4);
+
+    // The pair's statement holds `first` and waits for `second`, held by the foreign session,
+    // which now asks for `first`: a cycle. The writer has waited longer, so its deadlock check
+    // runs first and aborts its own statement; the foreign session gets the row.
+    until_a_session_waits_for(&mut watch, foreign_session).await;
+    sqlx::raw_sql(&lock(&first.id))
+        .execute(&mut foreign)
+        .await
+        .expect("Postgres aborts the writer's statement, not the foreign session's");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut foreign)
+        .await
+        .unwrap();
+
+    // Both commands read and decided again, and their codes were accepted once.
+    for (user, result) in [&first, &second].into_iter().zip(checks) {
+        let checked = result.await.unwrap().unwrap();
+        assert_eq!(checked.details.unwrap().sequence, 4, "{}", user.id);
+        let succeeded: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE user_id = $1 AND event_type = 'user.human.mfa.otp.check.succeeded'",
+        )
+        .bind(&user.id)
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        assert_eq!(succeeded, 1, "{}", user.id);
+    }
+    // And it was a deadlock Postgres broke (its statistics arrive within a few seconds; tests
+    // running beside this one cause none).
+    for _ in 0..100 {
+        if deadlocks(&mut watch).await > deadlocks_before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("Postgres reported no deadlock");
+}
+
 pub async fn parallel_new_users_and_changes_do_not_starve_each_other(
     backend: Backend,
     protocol: Protocol,

@@ -117,3 +117,11 @@ matrix!(
         rest_path_user_id_wins_over_body,
     ]
 );
+
+// Postgres-only storage cases (the group-commit writer); the protocol does not matter.
+matrix!(
+    postgres_storage_only,
+    Postgres,
+    Grpc,
+    [a_batch_aborted_to_break_a_deadlock_is_decided_again]
+);
