@@ -245,7 +245,7 @@ pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgConnection
 /// The batch statement. `u` updates the users whose version is unchanged, taking their row locks
 /// as it goes; only their events are appended and only their TOTP rows put or deleted.
 ///
-/// The locks are taken in the order of the arrays, which `write_batch` sorts by user id: every
+/// The locks are taken in the order of the arrays, which the writer sorts by user id: every
 /// writer of every instance locks in the same order, so two batches cannot deadlock. (The plan
 /// is a nested loop driven by the arrays, probing the users' primary key: with sequential scans
 /// off and a handful of rows per batch it is the cheapest plan on any table size.) Should a plan
