@@ -54,7 +54,7 @@ run_service() { # $1 = label, rest = env assignments
         --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
     "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
-        --service-pid "$service_pid" | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
+        --service-pid "$service_pid" ${database_pid:+--database-pid "$database_pid"} | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
         || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
     kill "$service_pid"
 }
@@ -72,6 +72,7 @@ pg_port=$(free_port)
     -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200 -c shared_buffers=256MB" \
     start >/dev/null
 database_url="postgres://postgres@127.0.0.1:$pg_port/postgres"
+database_pid=$(head -n 1 "$work/pg/postmaster.pid")
 echo "Postgres on port $pg_port (fsync on, synchronous_commit on)" >&2
 
 # The ceiling: the service's write shape (one read, one single-statement conditional write with
@@ -115,6 +116,7 @@ if [[ ",$DATABASES," == *,sqlite,* ]]; then
     mkdir -p "$work/ceiling"
     "$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
         --concurrency "$CONCURRENCY" >> "$results"
+    database_pid=  # SQLite runs inside the service
     run_service sqlite
 fi
 
@@ -123,7 +125,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ceilings = {(r["ceiling"], r["concurrency"]): r for r in rows if "ceiling" in r}
 print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
-print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8}")
+print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8} {'db ms/1k':>8}")
 for r in rows:
     if "ceiling" in r:
         continue
@@ -131,7 +133,8 @@ for r in rows:
     ratio = r["rps"] / ceiling["rps"] if ceiling.get("rps") else float("nan")
     cpu = r.get("cpu_ms_per_1k")
     rss = r.get("peak_rss_mib")
+    db = r.get("db_cpu_ms_per_1k")
     print(f"{r['database']:<13} {r['scenario']:<13} {r['protocol']:<9} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p99_ms']:>8.2f} "
           f"{ceiling.get('rps', float('nan')):>8.0f} {ceiling.get('p99_ms', float('nan')):>8.2f} {ratio:>6.2f} {r['unexpected']:>5} "
-          f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8}")
+          f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8} {'-' if db is None else f'{db:.0f}':>8}")
 PY

@@ -17,7 +17,7 @@ use crate::domain::clock::Clock;
 use crate::domain::{Service, Settings};
 use crate::store::{self, StoreOptions};
 use crate::transport::auth::{Authenticator, JwksSource, LocalSigningKey, TokenRules};
-use crate::transport::{self, Api};
+use crate::transport::{self, Api, ApiParts};
 
 const LOCAL_ENCRYPTION_KEY_FILE: &str = "encryption-keys";
 
@@ -139,11 +139,11 @@ pub struct App {
 pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
     let service = domain_service(config, clock).await?;
     let draining = Arc::new(AtomicBool::new(false));
-    let api = Api {
+    let api = Api::new(ApiParts {
         service: service.clone(),
         auth: authenticator(config).await?,
         draining: draining.clone(),
-    };
+    });
     Ok(App {
         router: transport::router(api, &config.cors_origins).await?,
         service,

@@ -79,6 +79,10 @@ struct RunArgs {
     /// Process id of the service, to report its CPU time and peak memory.
     #[arg(long)]
     service_pid: Option<u32>,
+    /// Process id of the database server (Postgres's postmaster), to report the CPU time of it
+    /// and its children (the backends, the WAL writer, …).
+    #[arg(long)]
+    database_pid: Option<u32>,
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
@@ -146,6 +150,7 @@ struct Report {
     unexpected: usize,
     cpu_ms_per_1k: Option<f64>,
     peak_rss_mib: Option<f64>,
+    db_cpu_ms_per_1k: Option<f64>,
 }
 
 /// A user with a known secret.
@@ -483,6 +488,45 @@ fn process_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, peak_kib / 1024.0))
 }
 
+/// CPU seconds (user + system) of a process and its children (not its children's children).
+fn process_tree_cpu(pid: u32) -> Option<f64> {
+    let (own, _) = process_usage(pid)?;
+    let mut total = own;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let fields: Vec<&str> = match stat.rsplit_once(')') {
+            Some((_, rest)) => rest.split_whitespace().collect(),
+            None => continue,
+        };
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                total += (user + system) / 100.0;
+            }
+        }
+    }
+    Some(total)
+}
+
+/// CPU milliseconds per 1,000 requests between two readings of CPU seconds.
+fn per_1k(before: Option<f64>, after: Option<f64>, requests: usize) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if requests > 0 => {
+            Some((after - before) * 1000.0 / requests as f64 * 1000.0)
+        }
+        _ => None,
+    }
+}
+
 fn percentile(sorted: &[u64], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -543,6 +587,7 @@ async fn measure(
     item: WorkItems,
 ) -> Report {
     let before = args.service_pid.and_then(process_usage);
+    let database_before = args.database_pid.and_then(process_tree_cpu);
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
@@ -599,12 +644,12 @@ async fn measure(
     latencies.sort_unstable();
     let requests = latencies.len();
     let after = args.service_pid.and_then(process_usage);
-    let cpu_ms_per_1k = match (before, after) {
-        (Some((cpu0, _)), Some((cpu1, _))) if requests > 0 => {
-            Some((cpu1 - cpu0) * 1000.0 / requests as f64 * 1000.0)
-        }
-        _ => None,
-    };
+    let cpu_ms_per_1k = per_1k(before.map(|b| b.0), after.map(|a| a.0), requests);
+    let db_cpu_ms_per_1k = per_1k(
+        database_before,
+        args.database_pid.and_then(process_tree_cpu),
+        requests,
+    );
     let expected = scenario.expected();
     Report {
         scenario,
@@ -625,6 +670,7 @@ async fn measure(
         outcomes,
         cpu_ms_per_1k,
         peak_rss_mib: after.map(|(_, rss)| rss),
+        db_cpu_ms_per_1k,
     }
 }
 
@@ -637,7 +683,7 @@ fn print_report(report: &Report, json: bool) {
         return;
     }
     println!(
-        "{:<13} {:<9} {:>4} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>8}",
+        "{:<13} {:<9} {:>4} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>8} {:>9}",
         format!("{:?}", report.scenario),
         format!("{:?}", report.protocol),
         report.concurrency,
@@ -654,13 +700,16 @@ fn print_report(report: &Report, json: bool) {
         report
             .peak_rss_mib
             .map_or("-".into(), |r| format!("{r:.1}")),
+        report
+            .db_cpu_ms_per_1k
+            .map_or("-".into(), |c| format!("{c:.0}")),
     );
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.json {
         println!(
-            "{:<13} {:<9} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8}",
+            "{:<13} {:<9} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>9}",
             "scenario",
             "protocol",
             "conc",
@@ -672,7 +721,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "max ms",
             "unexp",
             "cpu ms/1k",
-            "rss MiB"
+            "rss MiB",
+            "db ms/1k"
         );
     }
     let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;

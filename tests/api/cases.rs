@@ -1001,6 +1001,25 @@ pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol
     let made = http.get(&url).send().await.unwrap();
     let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(id.len(), 36, "a UUID: {id}");
+
+    // Native gRPC takes a shorter path through the server (no CORS, no gRPC-web): the same ids.
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut health = HealthClient::new(h.grpc_channel().await);
+    let mut request = tonic::Request::new(HealthCheckRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-43".parse().unwrap());
+    let given = health.check(request).await.unwrap();
+    assert_eq!(given.metadata().get("x-request-id").unwrap(), "req-43");
+    let made = health.check(HealthCheckRequest::default()).await.unwrap();
+    let id = made
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
 }
 
 pub async fn connect_answers_protobuf_bodies(backend: Backend, protocol: Protocol) {
