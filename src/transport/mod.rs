@@ -119,8 +119,6 @@ fn is_native_grpc<B>(request: &http::Request<B>) -> bool {
 /// router. The full router's layers are for browsers and HTTP/1 (CORS, gRPC-web translation,
 /// reading HTTP/1 bodies, the Connect protocol), none of which a native gRPC call can use; on its
 /// own path a gRPC call costs measurably less CPU (issue 5's benchmark runs two cores flat out).
-/// A native gRPC call to a path the gRPC services do not serve takes the full router after all,
-/// so it is answered exactly as before.
 #[derive(Clone)]
 struct NativeGrpcFirst {
     grpc: Router,
@@ -312,7 +310,10 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
         .layer(axum::middleware::map_request(tag_protocol))
         .layer(axum::middleware::from_fn(read_http1_body));
     let dispatch = NativeGrpcFirst {
-        grpc: native_grpc.fallback_service(full.clone()),
+        // An unknown service is a gRPC answer too (code 12), as gRPC servers give it.
+        grpc: native_grpc.fallback(|| async {
+            tonic::Status::unimplemented("No such service").into_http::<axum::body::Body>()
+        }),
         full,
     };
     Ok(Router::new()

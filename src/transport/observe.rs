@@ -36,6 +36,9 @@ const CODE_OUTCOMES: &str = "totp_code_outcomes_total";
 /// Gauge of database connections, labelled `state="in_use"|"idle"`.
 pub const DB_CONNECTIONS: &str = "totp_db_connections";
 
+/// How often histogram observations are folded into their buckets when nobody scrapes.
+const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process-wide Prometheus recorder (installed on first use; tests start many servers in
 /// one process, and a process has one recorder).
 pub fn prometheus() -> &'static PrometheusHandle {
@@ -55,6 +58,20 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("bucket list is not empty")
             .install_recorder()
             .expect("no other metrics recorder is installed");
+        // The recorder keeps every histogram observation until it is drained, which only a
+        // scrape or an upkeep does: without this thread, a service nobody scrapes grows by a
+        // few bytes per request (measured: ~8 MiB more peak RSS over one benchmark run). A
+        // thread, not a task: the recorder outlives any one runtime (tests start many).
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("totp-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(METRICS_UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("the metrics upkeep thread starts");
         metrics::describe_counter!(REQUESTS, "Requests by RPC, protocol and gRPC status code");
         metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "Request latency by RPC and protocol");
         metrics::describe_counter!(

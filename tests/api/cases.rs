@@ -1022,6 +1022,30 @@ pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol
     assert_eq!(id.len(), 36, "a UUID: {id}");
 }
 
+pub async fn grpc_calls_to_unknown_services_and_methods_are_unimplemented(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+    let h = harness(backend, protocol).await;
+    let mut grpc = tonic::client::Grpc::new(h.grpc_channel().await);
+    for path in [
+        "/no.such.Service/Call",
+        "/zitadel.user.v2.UserService/NoSuchMethod",
+    ] {
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<HealthCheckRequest, HealthCheckResponse, _>(
+                tonic::Request::new(HealthCheckRequest::default()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+    }
+}
+
 pub async fn connect_answers_protobuf_bodies(backend: Backend, protocol: Protocol) {
     use prost::Message;
     let h = harness(backend, protocol).await;

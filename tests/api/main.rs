@@ -102,6 +102,7 @@ matrix!(
         rest_refuses_oversized_bodies,
         rest_health_endpoints_answer,
         request_ids_are_taken_or_made_and_echoed,
+        grpc_calls_to_unknown_services_and_methods_are_unimplemented,
         connect_answers_protobuf_bodies,
         openapi_document_matches_live_responses,
         grpc_health_and_reflection_answer_without_a_token,
