@@ -250,6 +250,8 @@ async fn tag_protocol(
 }
 
 /// The whole router: REST routes, gRPC and gRPC-web services, health, with explicit 404 and 405.
+/// Native gRPC takes a shorter way to the same services (see [`NativeGrpcFirst`]); every request,
+/// whichever way, gets a request id and a span.
 pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router> {
     use proto::totpservice::v1::totp_service_server::TotpServiceServer;
     use proto::zitadel::user::v2::user_service_server::UserServiceServer;
