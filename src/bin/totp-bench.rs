@@ -472,11 +472,18 @@ async fn provision(client: &Client, kind: Kind, count: usize) -> anyhow::Result<
 
 // ---- runs -------------------------------------------------------------------------------------
 
-/// CPU seconds (user + system) and peak RSS of a process, from /proc.
-fn process_usage(pid: u32) -> Option<(f64, f64)> {
+/// CPU seconds (user + system) and parent process id of a process, from `/proc/<pid>/stat`.
+fn cpu_and_parent(pid: u32) -> Option<(f64, u32)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((ticks / 100.0, parent))
+}
+
+/// CPU seconds (user + system) and peak RSS of a process, from /proc.
+fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let (cpu, _) = cpu_and_parent(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let peak_kib: f64 = status
         .lines()
@@ -485,36 +492,20 @@ fn process_usage(pid: u32) -> Option<(f64, f64)> {
         .nth(1)?
         .parse()
         .ok()?;
-    Some((ticks / 100.0, peak_kib / 1024.0))
+    Some((cpu, peak_kib / 1024.0))
 }
 
 /// CPU seconds (user + system) of a process and its children (not its children's children).
 fn process_tree_cpu(pid: u32) -> Option<f64> {
-    let (own, _) = process_usage(pid)?;
-    let mut total = own;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = match stat.rsplit_once(')') {
-            Some((_, rest)) => rest.split_whitespace().collect(),
-            None => continue,
-        };
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            let ticks = |i: usize| fields.get(i).and_then(|t| t.parse::<f64>().ok());
-            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-                total += (user + system) / 100.0;
-            }
-        }
-    }
-    Some(total)
+    let (own, _) = cpu_and_parent(pid)?;
+    let children = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(cpu_and_parent)
+        .filter(|(_, parent)| *parent == pid)
+        .map(|(cpu, _)| cpu);
+    Some(own + children.sum::<f64>())
 }
 
 /// CPU milliseconds per 1,000 requests between two readings of CPU seconds.
