@@ -17,14 +17,18 @@
 //! is replaced.
 
 use std::collections::{HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::batch_read::read_users;
 use super::classify;
+use super::sql::{Decision, decide_on};
 use crate::domain::error::Error;
-use crate::domain::store::{Changes, TotpChange};
+use crate::domain::store::{Changes, Snapshot, TotpChange};
 
 /// Most writes per statement.
 const MAX_BATCH: usize = 64;
@@ -47,8 +51,7 @@ struct Write {
     locked_until: Option<i64>,
     events: Vec<Event>,
     totp: TotpRow,
-    /// Whether the write happened (false: the version had moved on).
-    done: oneshot::Sender<Result<bool, Error>>,
+    reply: Reply,
 }
 
 #[derive(Debug)]
@@ -79,37 +82,77 @@ struct PutTotp {
     created_at: i64,
 }
 
-/// The queue in front of the writer task.
-#[derive(Clone, Debug)]
-pub struct GroupCommit {
-    queue: mpsc::UnboundedSender<Write>,
+/// The domain's decision, shared with the writer's thread.
+pub(super) type SharedDecide =
+    Arc<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
+
+/// A command on a user not at hand: the writer reads the user, lets the domain decide and writes
+/// the outcome, all in one cycle.
+struct ReadDecideWrite {
+    user_id: String,
+    decide: SharedDecide,
+    done: oneshot::Sender<Result<Decided, Error>>,
 }
 
-impl GroupCommit {
-    /// Starts the writer on `url`, its statements bounded by `timeout`; it stops when every
-    /// handle is dropped.
-    ///
-    /// The writer runs on a thread of its own. Every write waits for its cycle (gather, send,
-    /// commit, answer), so the cycle must start again the moment the database answers; on the
-    /// service's runtime the writer's wake-up would queue behind the request tasks ready at that
-    /// moment. A thread is woken by the kernel directly: measured +8 % (gRPC) and +19 % (REST)
-    /// valid checks at 32 clients on two cores. (The readers stay on the runtime: on threads of
-    /// their own they were slower, 12 % fewer checks without the user cache.)
-    pub fn start(url: &str, timeout: Duration) -> std::io::Result<Self> {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let url = url.to_owned();
-        std::thread::Builder::new()
-            .name("totp-db-writer".into())
-            .spawn(move || runtime.block_on(writer(url, timeout, receiver)))?;
-        Ok(GroupCommit { queue })
-    }
+/// What the writer did for a [`GroupCommit::read_decide_write`].
+#[derive(Debug)]
+pub(super) struct Decided {
+    /// The user as read (`None`: there is no such user).
+    pub read: Option<Snapshot>,
+    /// The refusal, or the decision and whether it was written (false: the version had moved on
+    /// between the read and the write).
+    pub outcome: Result<(Decision, bool), Error>,
+}
 
-    /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
-    pub async fn write(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
-        let (done, outcome) = oneshot::channel();
+/// What waits in the writer's queue.
+enum Job {
+    Write(Write),
+    ReadDecideWrite(ReadDecideWrite),
+}
+
+/// Where a write's outcome goes.
+#[derive(Debug)]
+enum Reply {
+    /// A command that read and decided itself: whether its write happened.
+    Written(oneshot::Sender<Result<bool, Error>>),
+    /// A command the writer read and decided for.
+    Decided(Box<DecidedFor>),
+}
+
+/// A decision the writer made, waiting for its write.
+#[derive(Debug)]
+struct DecidedFor {
+    done: oneshot::Sender<Result<Decided, Error>>,
+    read: Option<Snapshot>,
+    decision: Decision,
+}
+
+impl Reply {
+    fn send(self, written: Result<bool, Error>) {
+        // A command that stopped waiting (its request timed out) dropped its receiver: nothing
+        // to tell then.
+        match self {
+            Reply::Written(done) => {
+                let _ = done.send(written);
+            }
+            Reply::Decided(decided) => {
+                let DecidedFor {
+                    done,
+                    read,
+                    decision,
+                } = *decided;
+                let _ = done.send(written.map(|written| Decided {
+                    read,
+                    outcome: Ok((decision, written)),
+                }));
+            }
+        }
+    }
+}
+
+impl Write {
+    /// The row values of `changes`, to be written if the user is still at `expected_version`.
+    fn new(changes: &Changes, expected_version: u64, reply: Reply) -> Write {
         let user = &changes.user;
         let first = user.sequence - changes.events.len() as u64 + 1;
         let events = changes
@@ -138,7 +181,7 @@ impl GroupCommit {
                 created_at: totp.created_at.0,
             }),
         };
-        let write = Write {
+        Write {
             user_id: user.user_id.clone(),
             expected_version: expected_version as i64,
             state: user.state.as_str(),
@@ -148,74 +191,239 @@ impl GroupCommit {
             locked_until: user.locked_until.map(|t| t.0),
             events,
             totp,
-            done,
-        };
-        self.queue
-            .send(write)
-            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
-        outcome
-            .await
-            .map_err(|_| Error::Internal("the database writer dropped a write".into()))?
+            reply,
+        }
     }
 }
 
-/// Takes batches from the queue and writes each in one statement, until the queue closes.
-async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiver<Write>) {
+/// The queue in front of the writer task.
+#[derive(Clone, Debug)]
+pub struct GroupCommit {
+    queue: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the writer on `url`, its statements bounded by `timeout`; it stops when every
+    /// handle is dropped.
+    ///
+    /// The writer runs on a thread of its own. Every write waits for its cycle (gather, send,
+    /// commit, answer), so the cycle must start again the moment the database answers; on the
+    /// service's runtime the writer's wake-up would queue behind the request tasks ready at that
+    /// moment. A thread is woken by the kernel directly: measured +8 % (gRPC) and +19 % (REST)
+    /// valid checks at 32 clients on two cores. (The readers stay on the runtime: on threads of
+    /// their own they were slower, 12 % fewer checks without the user cache.)
+    pub fn start(url: &str, timeout: Duration) -> std::io::Result<Self> {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let url = url.to_owned();
+        std::thread::Builder::new()
+            .name("totp-db-writer".into())
+            .spawn(move || runtime.block_on(writer(url, timeout, receiver)))?;
+        Ok(GroupCommit { queue })
+    }
+
+    /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
+    pub async fn write(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
+        let (done, outcome) = oneshot::channel();
+        self.send(Job::Write(Write::new(
+            changes,
+            expected_version,
+            Reply::Written(done),
+        )))?;
+        outcome.await.map_err(|_| dropped())?
+    }
+
+    /// Reads `user_id`, decides on it and writes the decision, in one cycle of the writer: a
+    /// command on a user not at hand waits for one cycle instead of a read and then a cycle.
+    pub(super) async fn read_decide_write(
+        &self,
+        user_id: &str,
+        decide: SharedDecide,
+    ) -> Result<Decided, Error> {
+        let (done, outcome) = oneshot::channel();
+        self.send(Job::ReadDecideWrite(ReadDecideWrite {
+            user_id: user_id.to_owned(),
+            decide,
+            done,
+        }))?;
+        outcome.await.map_err(|_| dropped())?
+    }
+
+    fn send(&self, job: Job) -> Result<(), Error> {
+        self.queue
+            .send(job)
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))
+    }
+}
+
+fn dropped() -> Error {
+    Error::Internal("the database writer dropped a write".into())
+}
+
+/// What one cycle of the writer handles.
+#[derive(Default)]
+struct Cycle {
+    writes: Vec<Write>,
+    /// The users of `writes`: one write per user and statement.
+    users: HashSet<String>,
+    to_decide: Vec<ReadDecideWrite>,
+}
+
+impl Cycle {
+    /// Whether a write for `user_id` may join this cycle (the user has none in it yet).
+    fn claim(&mut self, user_id: &str) -> bool {
+        self.users.insert(user_id.to_owned())
+    }
+
+    fn len(&self) -> usize {
+        self.writes.len() + self.to_decide.len()
+    }
+}
+
+/// Takes what waits in the queue, cycle after cycle, until the queue closes: reads the users of
+/// the commands it is to decide for (one statement), decides, and writes all of the cycle's
+/// writes (one statement).
+async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut connection: Option<PgConnection> = None;
     let mut deferred: VecDeque<Write> = VecDeque::new();
-    loop {
-        let mut batch = {
-            let first = match deferred.pop_front() {
-                Some(write) => write,
-                None => match queue.recv().await {
-                    Some(write) => write,
-                    None => return,
-                },
+    while let Some(mut cycle) = gather(&mut queue, &mut deferred).await {
+        if !cycle.to_decide.is_empty() {
+            decide_for(&mut cycle, &mut connection, &url, timeout).await;
+        }
+        let mut batch = cycle.writes;
+        if batch.is_empty() {
+            continue;
+        }
+        metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
+        // The statement locks users in this order (see `WRITE_BATCH`).
+        batch.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+        let written = match reconnect(&mut connection, &url, timeout).await {
+            Ok(open) => write_batch(open, &batch).await,
+            Err(error) => Err(error),
+        };
+        if written.is_err() {
+            // The connection's state is unknown after a failure: start afresh next time.
+            connection = None;
+        }
+        for write in batch {
+            let outcome = match &written {
+                Ok(users) => Ok(users.contains(&write.user_id)),
+                Err(error) => Err(error.clone()),
             };
-            let mut users = HashSet::from([first.user_id.clone()]);
-            let mut batch = vec![first];
-            // Whatever else waits now joins, one write per user; no waiting for more.
-            while batch.len() < MAX_BATCH {
-                let next = match deferred.pop_front() {
-                    Some(write) => write,
-                    None => match queue.try_recv() {
-                        Ok(write) => write,
-                        Err(_) => break,
-                    },
-                };
-                if users.insert(next.user_id.clone()) {
-                    batch.push(next);
+            write.reply.send(outcome);
+        }
+    }
+}
+
+/// The next cycle: whatever waits now (no waiting for more), at most one write per user (a
+/// repeat waits in `deferred` for a later cycle). `None` once the queue has closed.
+async fn gather(
+    queue: &mut mpsc::UnboundedReceiver<Job>,
+    deferred: &mut VecDeque<Write>,
+) -> Option<Cycle> {
+    let mut cycle = Cycle::default();
+    let mut next = match deferred.pop_front() {
+        Some(write) => Some(Job::Write(write)),
+        None => Some(queue.recv().await?),
+    };
+    while let Some(job) = next {
+        match job {
+            Job::ReadDecideWrite(command) => cycle.to_decide.push(command),
+            Job::Write(write) => {
+                if cycle.claim(&write.user_id) {
+                    cycle.writes.push(write);
                 } else {
-                    deferred.push_back(next);
+                    deferred.push_back(write);
                     // Keep the order of the deferred ones: stop at the first repeat.
                     break;
                 }
             }
-            batch
+        }
+        if cycle.len() >= MAX_BATCH {
+            break;
+        }
+        next = match deferred.pop_front() {
+            Some(write) => Some(Job::Write(write)),
+            None => queue.try_recv().ok(),
         };
-        metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
-        // The statement locks users in this order (see `WRITE_BATCH`).
-        batch.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        let written = match connection.as_mut() {
-            Some(open) => write_batch(open, &batch).await,
-            None => match connect(&url, timeout).await {
-                Ok(open) => write_batch(connection.insert(open), &batch).await,
-                Err(e) => Err(classify("connecting the database writer", e)),
-            },
+    }
+    Some(cycle)
+}
+
+/// Reads the users of the cycle's commands to decide for (one statement), lets the domain decide
+/// on each, and adds the decisions to the cycle's writes. Refusals are answered at once, and so is
+/// a decision whose user already has a write in this cycle: as not written, so that its command
+/// reads and decides again after that write.
+async fn decide_for(
+    cycle: &mut Cycle,
+    connection: &mut Option<PgConnection>,
+    url: &str,
+    timeout: Duration,
+) {
+    let commands = std::mem::take(&mut cycle.to_decide);
+    let ids = commands.iter().map(|c| c.user_id.as_str()).collect();
+    let read = match reconnect(connection, url, timeout).await {
+        Ok(open) => read_users(open, ids).await,
+        Err(error) => Err(error),
+    };
+    let snapshots = match read {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            *connection = None;
+            for command in commands {
+                let _ = command.done.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    for command in commands {
+        // A user asked for twice gets the same row twice.
+        let read = snapshots.get(&command.user_id).cloned();
+        // The writer serves every command: a decision that panics must not take it down.
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            decide_on(&command.user_id, read.clone(), &command.decide)
+        }))
+        .unwrap_or_else(|_| Err(Error::Internal("a decision panicked".into())));
+        let decision = match decided {
+            Ok(decision) => decision,
+            Err(refusal) => {
+                let _ = command.done.send(Ok(Decided {
+                    read,
+                    outcome: Err(refusal),
+                }));
+                continue;
+            }
         };
-        match written {
-            Ok(users) => {
-                for write in batch {
-                    let _ = write.done.send(Ok(users.contains(&write.user_id)));
-                }
-            }
-            Err(error) => {
-                // The connection's state is unknown after a failure: start afresh next time.
-                connection = None;
-                for write in batch {
-                    let _ = write.done.send(Err(error.clone()));
-                }
-            }
+        let (changes, expected_version) = (decision.changes.clone(), decision.expected_version);
+        let reply = Reply::Decided(Box::new(DecidedFor {
+            done: command.done,
+            read,
+            decision,
+        }));
+        let write = Write::new(&changes, expected_version, reply);
+        if cycle.claim(&write.user_id) {
+            cycle.writes.push(write);
+        } else {
+            write.reply.send(Ok(false));
+        }
+    }
+}
+
+/// The open connection, or a new one if there is none.
+pub(super) async fn reconnect<'c>(
+    connection: &'c mut Option<PgConnection>,
+    url: &str,
+    timeout: Duration,
+) -> Result<&'c mut PgConnection, Error> {
+    match connection {
+        Some(open) => Ok(open),
+        None => {
+            let open = connect(url, timeout)
+                .await
+                .map_err(|e| classify("connecting to the database", e))?;
+            Ok(connection.insert(open))
         }
     }
 }

@@ -93,13 +93,10 @@ async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::Unbounded
             }
             batch
         };
-        metrics::histogram!(READ_BATCH_SIZE).record(batch.len() as f64);
-        let rows = match connection.as_mut() {
-            Some(open) => read_batch(open, &batch).await,
-            None => match super::batch::connect(&url, timeout).await {
-                Ok(open) => read_batch(connection.insert(open), &batch).await,
-                Err(e) => Err(classify("connecting a database reader", e)),
-            },
+        let ids = batch.iter().map(|read| read.user_id.as_str()).collect();
+        let rows = match super::batch::reconnect(&mut connection, &url, timeout).await {
+            Ok(open) => read_users(open, ids).await,
+            Err(e) => Err(e),
         };
         match rows {
             Ok(snapshots) => {
@@ -119,12 +116,13 @@ async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::Unbounded
     }
 }
 
-/// Reads the batch's users in one statement, by user id.
-async fn read_batch(
+/// Reads the users `ids` in one statement, by user id (also the writer's reads, see
+/// [`super::batch`]).
+pub(super) async fn read_users(
     connection: &mut PgConnection,
-    batch: &[Read],
+    ids: Vec<&str>,
 ) -> Result<HashMap<String, Snapshot>, Error> {
-    let ids: Vec<&str> = batch.iter().map(|read| read.user_id.as_str()).collect();
+    metrics::histogram!(READ_BATCH_SIZE).record(ids.len() as f64);
     let rows: Vec<PgRow> = sqlx::query(SELECT_SNAPSHOTS)
         .bind(ids)
         .fetch_all(connection)

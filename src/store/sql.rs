@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use sqlx::{Any, AnyConnection, ColumnIndex, Connection, Decode, Row, Type, query::Query};
 
+use super::batch::{Decided, SharedDecide};
 use super::cache::SnapshotCache;
 use super::connections::{Connections, Lease};
 use super::{Dialect, Grouped, classify};
@@ -379,6 +380,37 @@ async fn read_snapshot(conn: &mut AnyConnection, user_id: &str) -> Result<Option
         .map_err(|e| classify("reading a user row", e))
 }
 
+/// A decision ready to be written: the changes and the version of the state they rest on.
+#[derive(Debug)]
+pub(super) struct Decision {
+    pub changes: Arc<Changes>,
+    pub expected_version: u64,
+    /// The TOTP the changes were decided on (it stays when they keep it).
+    pub totp_before: Option<TotpRecord>,
+}
+
+/// Lets the domain decide on `snapshot` of `user_id` (`None`: no such user). An `Err` is the
+/// domain's refusal.
+pub(super) fn decide_on(
+    user_id: &str,
+    snapshot: Option<Snapshot>,
+    decide: &SharedDecide,
+) -> Result<Decision, Error> {
+    let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
+        // The domain refuses a missing user; changes for one would be a domain bug.
+        decide(None)?;
+        return Err(Error::Internal(format!(
+            "changes decided for missing user {user_id}"
+        )));
+    };
+    let totp_before = snapshot.as_ref().and_then(|s| s.totp.clone());
+    Ok(Decision {
+        changes: Arc::new(decide(snapshot)?),
+        expected_version,
+        totp_before,
+    })
+}
+
 /// The user's state once `changes` are written: the row at `version`, and the TOTP row as changed
 /// (or as it was, `totp_before`, if the changes keep it).
 fn state_after(changes: &Changes, totp_before: Option<TotpRecord>, version: u64) -> Snapshot {
@@ -482,43 +514,47 @@ impl SqlStore {
     }
 
     async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
+        let decide: SharedDecide = Arc::from(decide);
         // First on the cached state, if any: a write decided on it is conditional like any other,
         // and a refusal decided on it is not trusted (see `SnapshotCache`).
         let mut cached = self.cache.get(user_id);
         // Bounded by the caller's request timeout; each lost race means another writer succeeded.
         for attempt in 0u32.. {
             let from_cache = cached.is_some();
-            let snapshot = match cached.take() {
-                Some(snapshot) => Some(snapshot),
-                None => self.load_now(user_id).await?,
-            };
-            let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
-                // The domain refuses a missing user; changes for one would be a domain bug.
-                decide(None)?;
-                return Err(Error::Internal(format!(
-                    "changes decided for missing user {user_id}"
-                )));
-            };
-            let totp_before = snapshot.as_ref().and_then(|s| s.totp.clone());
-            let changes = match decide(snapshot) {
-                Ok(changes) => Arc::new(changes),
-                Err(_) if from_cache => continue,
-                Err(refusal) => return Err(refusal),
-            };
-            let written = match &self.grouped {
-                Some(grouped) => grouped.writes.write(&changes, expected_version).await?,
-                None => {
-                    self.with_connection(async |conn| {
-                        self.write_sqlite(conn, changes.clone(), expected_version)
-                            .await
-                    })
-                    .await?
+            let (decision, written) = match (cached.take(), &self.grouped) {
+                // Postgres, a user not at hand: the writer reads, decides and writes in one cycle.
+                (None, Some(grouped)) => {
+                    let Decided { read, outcome } = grouped
+                        .writes
+                        .read_decide_write(user_id, decide.clone())
+                        .await?;
+                    if let Some(read) = read {
+                        self.cache.put(read);
+                    }
+                    outcome?
+                }
+                (snapshot, _) => {
+                    let snapshot = match snapshot {
+                        Some(snapshot) => Some(snapshot),
+                        None => self.load_now(user_id).await?,
+                    };
+                    let decision = match decide_on(user_id, snapshot, &decide) {
+                        Ok(decision) => decision,
+                        Err(_) if from_cache => continue,
+                        Err(refusal) => return Err(refusal),
+                    };
+                    let written = self.write_decision(&decision).await?;
+                    (decision, written)
                 }
             };
             if written {
-                self.cache
-                    .put(state_after(&changes, totp_before, expected_version + 1));
-                return committed(Arc::unwrap_or_clone(changes));
+                let after = state_after(
+                    &decision.changes,
+                    decision.totp_before,
+                    decision.expected_version + 1,
+                );
+                self.cache.put(after);
+                return committed(Arc::unwrap_or_clone(decision.changes));
             }
             // A stale cache entry is no contention: read again at once.
             if !from_cache {
@@ -526,6 +562,25 @@ impl SqlStore {
             }
         }
         unreachable!("the retry loop only ends by returning")
+    }
+
+    /// Writes a decision if its user is still at the version it was decided on; `false` if not.
+    async fn write_decision(&self, decision: &Decision) -> Result<bool, Error> {
+        match &self.grouped {
+            Some(grouped) => {
+                grouped
+                    .writes
+                    .write(&decision.changes, decision.expected_version)
+                    .await
+            }
+            None => {
+                self.with_connection(async |conn| {
+                    self.write_sqlite(conn, decision.changes.clone(), decision.expected_version)
+                        .await
+                })
+                .await
+            }
+        }
     }
 
     async fn totp_sealed_with_other_key_now(

@@ -306,7 +306,7 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
         .await
         .unwrap();
     let lock = match backend {
-        Backend::Postgres => format!(
+        Backend::Postgres | Backend::PostgresUncached => format!(
             "BEGIN; SELECT 1 FROM users WHERE user_id = '{}' FOR UPDATE",
             user.id
         ),
@@ -318,7 +318,7 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
         .await
         .unwrap_err();
     error.assert_rejected(4, "COMMAND-t1me0", "The request took too long");
-    if backend == Backend::Postgres {
+    if backend.is_postgres() {
         // Held past the writer's statement timeout (twice the request timeout): the stuck
         // group-commit statement gives up, so the abandoned verification never lands, and the
         // instance's writer works again at once.

@@ -1,5 +1,7 @@
 //! The integration suite: every case runs against the real server over REST, gRPC, gRPC-web and
-//! Connect (JSON), on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides).
+//! Connect (JSON), on SQLite and on Postgres (`DATABASE_URL`, which `scripts/test.sh` provides);
+//! over gRPC also on Postgres with the user cache off, so that every command takes the writer's
+//! read-decide-write path.
 
 mod abuse;
 mod binary;
@@ -30,7 +32,8 @@ macro_rules! matrix {
     };
 }
 
-/// Declares every case for every backend and protocol.
+/// Declares every case for every backend and protocol (and Postgres without the user cache over
+/// gRPC).
 macro_rules! every_protocol_and_backend {
     ($cases:tt) => {
         matrix!(sqlite_rest, Sqlite, Rest, $cases);
@@ -41,6 +44,7 @@ macro_rules! every_protocol_and_backend {
         matrix!(postgres_grpc_web, Postgres, GrpcWeb, $cases);
         matrix!(sqlite_connect, Sqlite, Connect, $cases);
         matrix!(postgres_connect, Postgres, Connect, $cases);
+        matrix!(postgres_uncached_grpc, PostgresUncached, Grpc, $cases);
     };
 }
 
@@ -123,6 +127,12 @@ matrix!(
 matrix!(
     postgres_storage_only,
     Postgres,
+    Grpc,
+    [a_batch_aborted_to_break_a_deadlock_is_decided_again]
+);
+matrix!(
+    postgres_uncached_storage_only,
+    PostgresUncached,
     Grpc,
     [a_batch_aborted_to_break_a_deadlock_is_decided_again]
 );

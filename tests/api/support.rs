@@ -35,6 +35,15 @@ pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Postgres with the user cache off: every command on a user goes to the group-commit
+    /// writer, which reads the user, decides and writes in one cycle.
+    PostgresUncached,
+}
+
+impl Backend {
+    pub fn is_postgres(self) -> bool {
+        matches!(self, Backend::Postgres | Backend::PostgresUncached)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +202,7 @@ fn middle_of_current_step() -> Timestamp {
 pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
     let database_url = match options.backend {
         Backend::Sqlite => None,
-        Backend::Postgres => Some(std::env::var("DATABASE_URL").expect(
+        Backend::Postgres | Backend::PostgresUncached => Some(std::env::var("DATABASE_URL").expect(
             "Postgres tests need DATABASE_URL; run scripts/test.sh, which starts a throwaway cluster",
         )),
     };
@@ -216,7 +225,10 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
         db_max_connections: Some(4),
-        user_cache_size: 1024,
+        user_cache_size: match options.backend {
+            Backend::PostgresUncached => 0,
+            Backend::Sqlite | Backend::Postgres => 1024,
+        },
     }
 }
 
