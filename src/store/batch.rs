@@ -15,6 +15,15 @@
 //! what makes the batches. Rows are locked in user id order, so batches of two service instances
 //! on one database cannot deadlock. A statement that fails fails its batch, and the connection
 //! is replaced.
+//!
+//! A command on a user the service has not seen lately (not in the user cache) comes to the
+//! writer undecided ([`GroupCommit::read_decide_write`]): each cycle, the writer reads such users
+//! in one statement, runs the domain's decisions on its own thread (a few microseconds each), and
+//! writes them with the cycle's other writes. Reading elsewhere first cost each such command a
+//! second queue, more task wake-ups and a reader's own round trip: on gRPC verifications at 32
+//! clients, per 1,000 requests, service CPU 73–81 → 57–67 ms and Postgres CPU 79–102 → 58–74 ms
+//! (A/B, fresh Postgres each). Reading on a second connection of this thread while the previous
+//! batch is written cost more CPU again and was no faster.
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -115,7 +124,7 @@ enum Job {
 enum Reply {
     /// A command that read and decided itself: whether its write happened.
     Written(oneshot::Sender<Result<bool, Error>>),
-    /// A command the writer read and decided for.
+    /// A command the writer read and decided for (see [`GroupCommit::read_decide_write`]).
     Decided(Box<DecidedFor>),
 }
 

@@ -1,11 +1,11 @@
-//! Group reads for Postgres: the snapshot reads of concurrent commands travel together.
+//! Group reads for Postgres: the snapshot reads of concurrent queries travel together.
 //!
-//! Every command starts by reading its user. Sent one by one, each read wakes a Postgres backend
-//! and costs a round trip of its own; on a busy machine those wake-ups, not the index lookups,
-//! are most of the database's work. Here the reads that queue up while a statement is in flight
-//! go out as the next statement, `… WHERE user_id = ANY($1)`, and each command gets its row.
-//! A read still sees one committed state of its user (one statement); the write that follows is
-//! conditional on the version it saw, as before.
+//! Queries (GetUser, ListAuthenticationMethods) read a user; commands that change one have the
+//! group-commit writer read it ([`super::batch`]). Sent one by one, each read wakes a Postgres
+//! backend and costs a round trip of its own; on a busy machine those wake-ups, not the index
+//! lookups, are most of the database's work. Here the reads that queue up while a statement is in
+//! flight go out as the next statement, `… WHERE user_id = ANY($1)`, and each gets its row. A
+//! read sees one committed state of its user (one statement).
 //!
 //! A few reader tasks share the queue, each with its own connection (native sqlx Postgres, for
 //! the array parameter): while one statement is in flight, the next reader gathers the next

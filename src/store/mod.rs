@@ -52,7 +52,8 @@ impl Dialect {
     }
 }
 
-/// Postgres: the queues that group concurrent commands' reads and writes into shared statements.
+/// Postgres: the queues that group concurrent reads, and concurrent commands (read, decide,
+/// write), into shared statements.
 #[derive(Clone, Debug)]
 pub struct Grouped {
     pub reads: batch_read::GroupRead,
