@@ -125,7 +125,7 @@ import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 ceilings = {(r["ceiling"], r["concurrency"]): r for r in rows if "ceiling" in r}
 print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
-print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8} {'db ms/1k':>8}")
+print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8} {'db ms/1k':>8} {'gen ms/1k':>9}")
 for r in rows:
     if "ceiling" in r:
         continue
@@ -134,7 +134,8 @@ for r in rows:
     cpu = r.get("cpu_ms_per_1k")
     rss = r.get("peak_rss_mib")
     db = r.get("db_cpu_ms_per_1k")
+    gen = r.get("generator_cpu_ms_per_1k")
     print(f"{r['database']:<13} {r['scenario']:<13} {r['protocol']:<9} {r['concurrency']:>4} {r['rps']:>8.0f} {r['p99_ms']:>8.2f} "
           f"{ceiling.get('rps', float('nan')):>8.0f} {ceiling.get('p99_ms', float('nan')):>8.2f} {ratio:>6.2f} {r['unexpected']:>5} "
-          f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8} {'-' if db is None else f'{db:.0f}':>8}")
+          f"{'-' if cpu is None else f'{cpu:.0f}':>9} {'-' if rss is None else f'{rss:.1f} MiB':>8} {'-' if db is None else f'{db:.0f}':>8} {'-' if gen is None else f'{gen:.0f}':>9}")
 PY

@@ -151,6 +151,8 @@ struct Report {
     cpu_ms_per_1k: Option<f64>,
     peak_rss_mib: Option<f64>,
     db_cpu_ms_per_1k: Option<f64>,
+    /// This load generator's own CPU: it shares the machine with the service and the database.
+    generator_cpu_ms_per_1k: Option<f64>,
 }
 
 /// A user with a known secret.
@@ -620,6 +622,7 @@ async fn measure(
 ) -> Report {
     let before = args.service_pid.and_then(process_usage);
     let database_before = args.database_pid.and_then(process_tree_cpu);
+    let generator_before = process_usage(std::process::id());
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
@@ -682,6 +685,11 @@ async fn measure(
         args.database_pid.and_then(process_tree_cpu),
         requests,
     );
+    let generator_cpu_ms_per_1k = per_1k(
+        generator_before.map(|b| b.0),
+        process_usage(std::process::id()).map(|a| a.0),
+        requests,
+    );
     let expected = scenario.expected();
     Report {
         scenario,
@@ -703,6 +711,7 @@ async fn measure(
         cpu_ms_per_1k,
         peak_rss_mib: after.map(|(_, rss)| rss),
         db_cpu_ms_per_1k,
+        generator_cpu_ms_per_1k,
     }
 }
 
@@ -715,7 +724,7 @@ fn print_report(report: &Report, json: bool) {
         return;
     }
     println!(
-        "{:<13} {:<9} {:>4} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>8} {:>9}",
+        "{:<13} {:<9} {:>4} {:>8} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9} {:>8} {:>9} {:>10}",
         format!("{:?}", report.scenario),
         format!("{:?}", report.protocol),
         report.concurrency,
@@ -735,13 +744,16 @@ fn print_report(report: &Report, json: bool) {
         report
             .db_cpu_ms_per_1k
             .map_or("-".into(), |c| format!("{c:.0}")),
+        report
+            .generator_cpu_ms_per_1k
+            .map_or("-".into(), |c| format!("{c:.0}")),
     );
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.json {
         println!(
-            "{:<13} {:<9} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>9}",
+            "{:<13} {:<9} {:>4} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>9} {:>10}",
             "scenario",
             "protocol",
             "conc",
@@ -754,7 +766,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "unexp",
             "cpu ms/1k",
             "rss MiB",
-            "db ms/1k"
+            "db ms/1k",
+            "gen ms/1k"
         );
     }
     let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;
