@@ -5,10 +5,10 @@
 //! `version` is still the one read. No lock is held while the domain decides. Writes are grouped
 //! with those of concurrent commands: on Postgres one writer reads, decides and writes the
 //! commands that queue up in two shared statements ([`Grouped`]); on SQLite the command that
-//! takes the writer lock writes every command
-//! waiting for it in one `BEGIN IMMEDIATE` transaction. A lost race reads and decides again, so
-//! the decision always rests on the state it changes. The first decision may rest on the user's
-//! cached state instead of a read ([`SnapshotCache`]): the same version condition guards it.
+//! takes the writer lock writes every command waiting for it in one `BEGIN IMMEDIATE`
+//! transaction. A lost race reads and decides again, so the decision always rests on the state it
+//! changes. The first decision may rest on the user's cached state instead of a read
+//! ([`SnapshotCache`]): the same version condition guards it.
 
 use std::future::Future;
 use std::sync::Arc;
