@@ -308,10 +308,11 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::UnboundedReceiv
         metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
         // The statement locks users in this order (see `WRITE_BATCH`).
         batch.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        let written = match reconnect(&mut connection, &url, timeout).await {
-            Ok(open) => write_batch(open, &batch).await,
-            Err(error) => Err(error),
-        };
+        let written = async {
+            let open = reconnect(&mut connection, &url, timeout).await?;
+            write_batch(open, &batch).await
+        }
+        .await;
         if written.is_err() {
             // The connection's state is unknown after a failure: start afresh next time.
             connection = None;
@@ -373,10 +374,11 @@ async fn decide_for(
 ) {
     let commands = std::mem::take(&mut cycle.to_decide);
     let ids = commands.iter().map(|c| c.user_id.as_str()).collect();
-    let read = match reconnect(connection, url, timeout).await {
-        Ok(open) => read_users(open, ids).await,
-        Err(error) => Err(error),
-    };
+    let read = async {
+        let open = reconnect(connection, url, timeout).await?;
+        read_users(open, ids).await
+    }
+    .await;
     let snapshots = match read {
         Ok(snapshots) => snapshots,
         Err(error) => {

@@ -94,10 +94,11 @@ async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::Unbounded
             batch
         };
         let ids = batch.iter().map(|read| read.user_id.as_str()).collect();
-        let rows = match super::batch::reconnect(&mut connection, &url, timeout).await {
-            Ok(open) => read_users(open, ids).await,
-            Err(e) => Err(e),
-        };
+        let rows = async {
+            let open = super::batch::reconnect(&mut connection, &url, timeout).await?;
+            read_users(open, ids).await
+        }
+        .await;
         match rows {
             Ok(snapshots) => {
                 for read in batch {
