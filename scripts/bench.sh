@@ -54,7 +54,8 @@ run_service() { # $1 = label, rest = env assignments
         --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
     "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
-        --service-pid "$service_pid" ${database_pid:+--database-pid "$database_pid"} | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
+        --service-pid "$service_pid" ${database_pid:+--database-pid "$database_pid"} \
+        ${database_url:+--settle-database "$database_url"} | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
         || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
     kill "$service_pid"
 }
@@ -87,6 +88,9 @@ SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON 
 WITH u AS (UPDATE users SET sequence = sequence + 1, change_date = 1, version = version + 1 WHERE user_id = 'pgb-' || :n RETURNING user_id, sequence), e AS (INSERT INTO events SELECT user_id, sequence, 'bench', '{}', 'bench', 'pgbench', 1 FROM u), t AS (UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id IN (SELECT user_id FROM u)) SELECT user_id FROM u;
 SQL
 for c in ${CONCURRENCY//,/ }; do
+    # As before each of the service's runs (the load generator's --settle-database): the upkeep
+    # the last writes set off is done before the run, not during it.
+    psql_ -c "VACUUM (ANALYZE) users, totp, events" -c "CHECKPOINT"
     rm -f "$work"/pgbench_log.*
     (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
         -f write.sql -l --log-prefix=pgbench_log postgres > pgbench.out 2>&1)
@@ -116,7 +120,7 @@ if [[ ",$DATABASES," == *,sqlite,* ]]; then
     mkdir -p "$work/ceiling"
     "$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
         --concurrency "$CONCURRENCY" >> "$results"
-    database_pid=  # SQLite runs inside the service
+    database_pid= database_url=  # SQLite runs inside the service
     run_service sqlite
 fi
 

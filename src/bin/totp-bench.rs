@@ -83,6 +83,11 @@ struct RunArgs {
     /// and its children (the backends, the WAL writer, …).
     #[arg(long)]
     database_pid: Option<u32>,
+    /// The service's Postgres. When given, it is vacuumed and checkpointed after each
+    /// provisioning, before the measured run, so that the upkeep the provisioning's writes set
+    /// off (autovacuum, a WAL-triggered checkpoint) does not fall into some runs and not others.
+    #[arg(long)]
+    settle_database: Option<String>,
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
@@ -611,6 +616,45 @@ fn round_robin(
     })
 }
 
+/// A connection to the service's Postgres for putting its upkeep before a measured run.
+struct Settle {
+    connection: sqlx::PgConnection,
+    spent: Duration,
+    times: usize,
+}
+
+impl Settle {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        use sqlx::Connection as _;
+        let connection = sqlx::PgConnection::connect(url)
+            .await
+            .context("connecting to --settle-database")?;
+        Ok(Settle {
+            connection,
+            spent: Duration::ZERO,
+            times: 0,
+        })
+    }
+
+    /// Vacuums (and analyzes) the service's tables, then checkpoints: what autovacuum and the
+    /// checkpointer would otherwise do at a moment of their choosing.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        use sqlx::Executor as _;
+        let started = Instant::now();
+        self.connection
+            .execute("VACUUM (ANALYZE) users, totp, events")
+            .await
+            .context("vacuuming")?;
+        self.connection
+            .execute("CHECKPOINT")
+            .await
+            .context("checkpointing")?;
+        self.spent += started.elapsed();
+        self.times += 1;
+        Ok(())
+    }
+}
+
 /// Runs one scenario: `concurrency` workers take users until the time is up or the users run
 /// out. `item(user, carried)` gives the user's next request.
 async fn measure(
@@ -771,6 +815,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;
+    let mut settle = match &args.settle_database {
+        Some(url) => Some(Settle::connect(url).await?),
+        None => None,
+    };
     let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
     let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
     // Users are provisioned for the rate a run may reach, with a margin; too few would end a
@@ -835,6 +883,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         })
                     }
                 };
+                if let Some(database) = &mut settle {
+                    database.settle().await?;
+                }
                 let report = measure(&args, &client, scenario, concurrency, item).await;
                 if scenario == Scenario::CheckValid {
                     last_valid_checks = report.rps;
@@ -851,6 +902,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 print_report(&report, args.json);
             }
         }
+    }
+    if let Some(settle) = settle {
+        eprintln!(
+            "settling the database took {:.1} s over {} runs",
+            settle.spent.as_secs_f64(),
+            settle.times
+        );
     }
     anyhow::ensure!(
         unexpected == 0,

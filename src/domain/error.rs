@@ -151,31 +151,42 @@ pub struct PublicError {
 }
 
 impl Error {
+    /// The gRPC status code the client sees, without building the rest of [`Error::public`].
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Validation(_) => Code::InvalidArgument,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Rejected(rejection) => rejection.code,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
     /// The client's view of this error. Internal causes stay out of it.
     pub fn public(&self) -> PublicError {
         match self {
             Error::Validation(message) => PublicError {
-                code: Code::InvalidArgument,
+                code: self.code(),
                 message: message.clone(),
                 detail: None,
             },
             Error::Unauthenticated(failure) => PublicError {
-                code: Code::Unauthenticated,
+                code: self.code(),
                 message: failure.message().to_owned(),
                 detail: None,
             },
             Error::Rejected(rejection) => PublicError {
-                code: rejection.code,
+                code: self.code(),
                 message: format!("{} ({})", rejection.message, rejection.id),
                 detail: Some((rejection.id, rejection.message)),
             },
             Error::Unavailable(_) => PublicError {
-                code: Code::Unavailable,
+                code: self.code(),
                 message: "The service is unavailable, try again later (STORE-unav1)".to_owned(),
                 detail: Some(("STORE-unav1", "The service is unavailable, try again later")),
             },
             Error::Internal(_) => PublicError {
-                code: Code::Internal,
+                code: self.code(),
                 message: "An internal error occurred (INTERNAL-0x0)".to_owned(),
                 detail: Some(("INTERNAL-0x0", "An internal error occurred")),
             },

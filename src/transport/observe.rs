@@ -1,9 +1,12 @@
 //! Observability of requests: Prometheus metrics (`GET /metrics`) and the fields of each
 //! request's log span. Both faces call [`finish`] once per RPC with its name, protocol and result.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Error;
@@ -11,7 +14,7 @@ use crate::store::batch::WRITE_BATCH_SIZE;
 use crate::store::batch_read::READ_BATCH_SIZE;
 
 /// How a request arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Rest,
     Grpc,
@@ -91,15 +94,32 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+thread_local! {
+    /// This thread's handles of the request counter and latency histogram by (rpc, protocol,
+    /// code): a handle found here skips building the labels and looking them up in the
+    /// recorder's registry, which every request did before (~2 % of the service's CPU under
+    /// load). Per thread, so that no lock is shared; the handles all point at the one recorder.
+    static REQUEST_METRICS: RefCell<HashMap<(&'static str, Protocol, i32), (Counter, Histogram)>> =
+        RefCell::new(HashMap::new());
+}
+
 /// Records one finished RPC: counter and latency, the code outcome for Verify and Check, and
 /// the `outcome` field of the request's span.
 pub fn finish(rpc: &'static str, protocol: Protocol, started: Instant, error: Option<&Error>) {
     prometheus();
-    let code = error.map_or(0, |error| error.public().code as i32);
-    let labels = [("rpc", rpc), ("protocol", protocol.as_str())];
-    metrics::counter!(REQUESTS, "rpc" => rpc, "protocol" => protocol.as_str(), "code" => code.to_string())
-        .increment(1);
-    metrics::histogram!(DURATION, &labels).record(started.elapsed().as_secs_f64());
+    let code = error.map_or(0, |error| error.code() as i32);
+    let elapsed = started.elapsed().as_secs_f64();
+    REQUEST_METRICS.with_borrow_mut(|handles| {
+        let (requests, duration) = handles.entry((rpc, protocol, code)).or_insert_with(|| {
+            let labels = [("rpc", rpc), ("protocol", protocol.as_str())];
+            (
+                metrics::counter!(REQUESTS, "rpc" => rpc, "protocol" => protocol.as_str(), "code" => code.to_string()),
+                metrics::histogram!(DURATION, &labels),
+            )
+        });
+        requests.increment(1);
+        duration.record(elapsed);
+    });
     if let Some(kind) = match rpc {
         "VerifyTOTPRegistration" => Some("verify"),
         "CheckTOTP" => Some("check"),

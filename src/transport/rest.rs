@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use super::observe::{self, Protocol};
 use super::{Api, MAX_BODY_BYTES, rpc};
@@ -61,19 +60,38 @@ impl RestError {
     }
 }
 
+/// The REST error body (SPEC.md §4): `{code, message, details}`, written straight from typed
+/// fields (a wrong code answers with it, so it is on a hot path).
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: i32,
+    message: &'a str,
+    details: &'a [ErrorDetailBody],
+}
+
+/// One entry of `details`: the `zitadel.v1.ErrorDetail` in its JSON form.
+#[derive(serde::Serialize)]
+struct ErrorDetailBody {
+    #[serde(rename = "@type")]
+    type_url: &'static str,
+    id: &'static str,
+    message: &'static str,
+}
+
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         super::log_server_fault(&self.error);
         let public = self.error.public();
-        let details: Vec<serde_json::Value> = public
-            .detail
-            .map(|(id, message)| {
-                json!({ "@type": super::grpc::ERROR_DETAIL_TYPE_URL, "id": id, "message": message })
-            })
-            .into_iter()
-            .collect();
-        let body =
-            json!({ "code": public.code as i32, "message": public.message, "details": details });
+        let detail = public.detail.map(|(id, message)| ErrorDetailBody {
+            type_url: super::grpc::ERROR_DETAIL_TYPE_URL,
+            id,
+            message,
+        });
+        let body = ErrorBody {
+            code: public.code as i32,
+            message: &public.message,
+            details: detail.as_slice(),
+        };
         let status = self.status.unwrap_or_else(|| http_status(public.code));
         let mut response = (status, Json(body)).into_response();
         if let Error::Unauthenticated(failure) = &self.error {
