@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark: builds in release, starts a throwaway Postgres (fsync and synchronous_commit on),
 # measures its ceiling with pgbench running the service's own write shape, then runs the load
-# generator against the service on that Postgres; then the same on the embedded SQLite default
-# with its own ceiling. Prints one table. Traffic stays on 127.0.0.1; the run takes ~5-9 minutes.
+# generator against the service on that Postgres, then pgbench again (the table takes the better
+# of the two); then the same on the embedded SQLite default with its own ceiling. The database is
+# vacuumed and checkpointed before every measured run. Prints one table. Traffic stays on
+# 127.0.0.1; the run takes ~9 minutes.
 #
 #   scripts/bench.sh                  # full matrix, 3 s per run (~9 minutes)
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
@@ -87,18 +89,23 @@ cat > "$work/write.sql" <<'SQL'
 SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = 'pgb-' || :n;
 WITH u AS (UPDATE users SET sequence = sequence + 1, change_date = 1, version = version + 1 WHERE user_id = 'pgb-' || :n RETURNING user_id, sequence), e AS (INSERT INTO events SELECT user_id, sequence, 'bench', '{}', 'bench', 'pgbench', 1 FROM u), t AS (UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id IN (SELECT user_id FROM u)) SELECT user_id FROM u;
 SQL
-for c in ${CONCURRENCY//,/ }; do
-    # As before each of the service's runs (the load generator's --settle-database): the upkeep
-    # the last writes set off is done before the run, not during it.
-    psql_ -c "VACUUM (ANALYZE) users, totp, events" -c "CHECKPOINT"
-    rm -f "$work"/pgbench_log.*
-    (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
-        -f write.sql -l --log-prefix=pgbench_log postgres > pgbench.out 2>&1)
-    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.out")
-    p99=$(cat "$work"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
-    echo "{\"ceiling\":\"postgres\",\"concurrency\":$c,\"rps\":$tps,\"p99_ms\":$p99}" >> "$results"
-    echo "pgbench c=$c: $tps tx/s, p99 $p99 ms" >&2
-done
+# Measured before and again after the service's runs; the table takes the better of the two for
+# each number, so a VM that speeds up or slows down during the run does not flatter the service.
+measure_ceiling() { # $1 = before | after
+    for c in ${CONCURRENCY//,/ }; do
+        # As before each of the service's runs (the load generator's --settle-database): the
+        # upkeep the last writes set off is done before the run, not during it.
+        psql_ -c "VACUUM (ANALYZE) users, totp, events" -c "CHECKPOINT"
+        rm -f "$work"/pgbench_log.*
+        (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c "$c" -j 2 -T "$seconds" \
+            -f write.sql -l --log-prefix=pgbench_log postgres > pgbench.out 2>&1)
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.out")
+        p99=$(cat "$work"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+        echo "{\"ceiling\":\"postgres\",\"concurrency\":$c,\"rps\":$tps,\"p99_ms\":$p99,\"when\":\"$1\"}" >> "$results"
+        echo "pgbench c=$c ($1): $tps tx/s, p99 $p99 ms" >&2
+    done
+}
+measure_ceiling before
 
 echo "load on the service (Postgres) ..." >&2
 run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
@@ -113,6 +120,7 @@ if [ -n "$cold_scenarios" ] && [ -n "$cold_protocols" ]; then
     CONCURRENCY=${CONCURRENCY##*,} SCENARIOS=$cold_scenarios PROTOCOLS=$cold_protocols \
         run_service postgres-cold DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40 TOTP_USER_CACHE_SIZE=0
 fi
+measure_ceiling after
 fi
 
 if [[ ",$DATABASES," == *,sqlite,* ]]; then
@@ -127,7 +135,14 @@ fi
 python3 - "$results" "$(nproc)" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-ceilings = {(r["ceiling"], r["concurrency"]): r for r in rows if "ceiling" in r}
+# A ceiling measured twice (Postgres: before and after the service's runs) counts at its best:
+# the higher rate and the lower p99.
+ceilings = {}
+for r in rows:
+    if "ceiling" in r:
+        best = ceilings.setdefault((r["ceiling"], r["concurrency"]), dict(r))
+        best["rps"] = max(best["rps"], r["rps"])
+        best["p99_ms"] = min(best["p99_ms"], r["p99_ms"])
 print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
 print(f"{'database':<13} {'scenario':<13} {'protocol':<9} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8} {'db ms/1k':>8} {'gen ms/1k':>9}")
 for r in rows:
