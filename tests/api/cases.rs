@@ -1000,7 +1000,13 @@ pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol
     assert_eq!(given.headers()["x-request-id"], "req-42");
     let made = http.get(&url).send().await.unwrap();
     let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_random_uuid(&id);
+    let again = http.get(&url).send().await.unwrap();
+    assert_ne!(
+        again.headers()["x-request-id"],
+        id.as_str(),
+        "each made id is new"
+    );
 
     // Native gRPC takes a shorter path through the server (no CORS, no gRPC-web): the same ids.
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -1019,7 +1025,24 @@ pub async fn request_ids_are_taken_or_made_and_echoed(backend: Backend, protocol
         .to_str()
         .unwrap()
         .to_owned();
-    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_random_uuid(&id);
+}
+
+/// A lower-case hyphenated version 4 UUID of the RFC 9562 variant, as made for a request.
+fn assert_random_uuid(id: &str) {
+    let groups: Vec<&str> = id.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|group| group.len()).collect();
+    assert_eq!(lengths, [8, 4, 4, 4, 12], "a hyphenated UUID: {id}");
+    assert!(
+        id.chars()
+            .all(|c| c == '-' || c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "lower-case hex: {id}"
+    );
+    assert!(groups[2].starts_with('4'), "version 4: {id}");
+    assert!(
+        groups[3].starts_with(['8', '9', 'a', 'b']),
+        "RFC 9562 variant: {id}"
+    );
 }
 
 pub async fn grpc_calls_to_unknown_services_and_methods_are_unimplemented(
