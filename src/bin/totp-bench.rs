@@ -83,8 +83,8 @@ struct RunArgs {
     /// and its children (the backends, the WAL writer, …).
     #[arg(long)]
     database_pid: Option<u32>,
-    /// The service's Postgres. When given, it is vacuumed and checkpointed after each
-    /// provisioning, before the measured run, so that the upkeep the provisioning's writes set
+    /// The service's Postgres. When given, it is vacuumed and checkpointed before every measured
+    /// run (after that run's provisioning, if any), so that the upkeep which earlier writes set
     /// off (autovacuum, a WAL-triggered checkpoint) does not fall into some runs and not others.
     #[arg(long)]
     settle_database: Option<String>,
