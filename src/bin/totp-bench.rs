@@ -433,6 +433,23 @@ enum Kind {
     Pending,
 }
 
+/// Makes the users of the runs, and keeps count of them and of the time it took.
+struct Provisioner {
+    client: Client,
+    spent: Duration,
+    users: usize,
+}
+
+impl Provisioner {
+    async fn make(&mut self, kind: Kind, count: usize) -> anyhow::Result<Vec<BenchUser>> {
+        let started = Instant::now();
+        let users = provision(&self.client, kind, count).await?;
+        self.spent += started.elapsed();
+        self.users += users.len();
+        Ok(users)
+    }
+}
+
 /// Makes `count` users of `kind` through the public gRPC API, 32 at a time.
 async fn provision(client: &Client, kind: Kind, count: usize) -> anyhow::Result<Vec<BenchUser>> {
     let run = format!("{:08x}", rand::thread_rng().next_u32());
@@ -814,20 +831,36 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             "gen ms/1k"
         );
     }
-    let setup = Client::new(Protocol::Grpc, &args.target, &args.token).await?;
+    let mut setup = Provisioner {
+        client: Client::new(Protocol::Grpc, &args.target, &args.token).await?,
+        spent: Duration::ZERO,
+        users: 0,
+    };
     let mut settle = match &args.settle_database {
         Some(url) => Some(Settle::connect(url).await?),
         None => None,
     };
-    let wrong_pool = Arc::new(provision(&setup, Kind::Ready, args.pool).await?);
-    let locked_pool = Arc::new(provision(&setup, Kind::Locked, args.pool).await?);
+    // The pools are only made for the scenarios that use them.
+    let wanted = |scenario| args.scenarios.contains(&scenario);
+    let wrong_pool = Arc::new(if wanted(Scenario::CheckWrong) {
+        setup.make(Kind::Ready, args.pool).await?
+    } else {
+        vec![]
+    });
+    let locked_pool = Arc::new(if wanted(Scenario::CheckLocked) {
+        setup.make(Kind::Locked, args.pool).await?
+    } else {
+        vec![]
+    });
     // Users are provisioned for the rate a run may reach, with a margin; too few would end a
     // run early, too many cost set-up time (provisioning is most of the benchmark's time).
     // Valid checks are sized from the valid-check rate already seen at the same concurrency (an
     // earlier protocol) with a margin of 1.5, else from the fastest so far (the next
-    // concurrency can be 2.5× that); verifications from the valid-check run just before.
+    // concurrency can be 2.5× that); verifications likewise from the verification rate seen at
+    // the same concurrency, else from the valid-check run just before.
     let mut fastest_valid_checks = 2000.0_f64;
     let mut valid_checks_at: BTreeMap<usize, f64> = BTreeMap::new();
+    let mut verifications_at: BTreeMap<usize, f64> = BTreeMap::new();
     let mut last_valid_checks = fastest_valid_checks;
     let mut unexpected = 0;
     for &protocol in &args.protocols {
@@ -844,7 +877,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                             .get(&concurrency)
                             .map_or(fastest_valid_checks * 2.5, |rate| rate * 1.5);
                         let needed = (rate * seconds) as usize / 3 + 100;
-                        let users = Arc::new(provision(&setup, Kind::Ready, needed).await?);
+                        let users = Arc::new(setup.make(Kind::Ready, needed).await?);
                         Arc::new(move |user, used| {
                             let Some(user) = users.get(user) else {
                                 return Work::OutOfUsers;
@@ -871,8 +904,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         round_robin(locked_pool.clone(), 1, |secret| code_at(secret, 0))
                     }
                     Scenario::Verify => {
-                        let needed = (last_valid_checks * 1.5 * seconds) as usize + 100;
-                        let users = Arc::new(provision(&setup, Kind::Pending, needed).await?);
+                        let rate = verifications_at
+                            .get(&concurrency)
+                            .copied()
+                            .unwrap_or(last_valid_checks);
+                        let needed = (rate * 1.5 * seconds) as usize + 100;
+                        let users = Arc::new(setup.make(Kind::Pending, needed).await?);
                         Arc::new(move |user, _| match users.get(user) {
                             Some(user) => Work::Send(Request {
                                 user_id: user.id.clone(),
@@ -887,10 +924,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                     database.settle().await?;
                 }
                 let report = measure(&args, &client, scenario, concurrency, item).await;
-                if scenario == Scenario::CheckValid {
-                    last_valid_checks = report.rps;
-                    fastest_valid_checks = fastest_valid_checks.max(report.rps);
-                    valid_checks_at.insert(concurrency, report.rps);
+                match scenario {
+                    Scenario::CheckValid => {
+                        last_valid_checks = report.rps;
+                        fastest_valid_checks = fastest_valid_checks.max(report.rps);
+                        valid_checks_at.insert(concurrency, report.rps);
+                    }
+                    Scenario::Verify => {
+                        verifications_at.insert(concurrency, report.rps);
+                    }
+                    Scenario::CheckWrong | Scenario::CheckLocked => {}
                 }
                 unexpected += report.unexpected;
                 if report.unexpected > 0 {
@@ -903,6 +946,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    eprintln!(
+        "provisioning {} users took {:.1} s",
+        setup.users,
+        setup.spent.as_secs_f64()
+    );
     if let Some(settle) = settle {
         eprintln!(
             "settling the database took {:.1} s over {} runs",
