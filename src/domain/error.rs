@@ -164,32 +164,26 @@ impl Error {
 
     /// The client's view of this error. Internal causes stay out of it.
     pub fn public(&self) -> PublicError {
-        match self {
-            Error::Validation(message) => PublicError {
-                code: self.code(),
-                message: message.clone(),
-                detail: None,
-            },
-            Error::Unauthenticated(failure) => PublicError {
-                code: self.code(),
-                message: failure.message().to_owned(),
-                detail: None,
-            },
-            Error::Rejected(rejection) => PublicError {
-                code: self.code(),
-                message: format!("{} ({})", rejection.message, rejection.id),
-                detail: Some((rejection.id, rejection.message)),
-            },
-            Error::Unavailable(_) => PublicError {
-                code: self.code(),
-                message: "The service is unavailable, try again later (STORE-unav1)".to_owned(),
-                detail: Some(("STORE-unav1", "The service is unavailable, try again later")),
-            },
-            Error::Internal(_) => PublicError {
-                code: self.code(),
-                message: "An internal error occurred (INTERNAL-0x0)".to_owned(),
-                detail: Some(("INTERNAL-0x0", "An internal error occurred")),
-            },
+        let (message, detail) = match self {
+            Error::Validation(message) => (message.clone(), None),
+            Error::Unauthenticated(failure) => (failure.message().to_owned(), None),
+            Error::Rejected(rejection) => (
+                format!("{} ({})", rejection.message, rejection.id),
+                Some((rejection.id, rejection.message)),
+            ),
+            Error::Unavailable(_) => (
+                "The service is unavailable, try again later (STORE-unav1)".to_owned(),
+                Some(("STORE-unav1", "The service is unavailable, try again later")),
+            ),
+            Error::Internal(_) => (
+                "An internal error occurred (INTERNAL-0x0)".to_owned(),
+                Some(("INTERNAL-0x0", "An internal error occurred")),
+            ),
+        };
+        PublicError {
+            code: self.code(),
+            message,
+            detail,
         }
     }
 
