@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, redact_url};
 use crate::crypto::KeyRing;
@@ -58,7 +61,21 @@ pub fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
 /// The authenticator: the configured JWKS, or the local signing key.
 pub async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
     let source = match &config.jwks {
-        Some(spec) => JwksSource::parse(spec),
+        Some(spec) => {
+            match (&config.token_audience, config.token_any_audience) {
+                (Some(_), _) => {}
+                (None, true) => tracing::warn!(
+                    "TOTP_TOKEN_ANY_AUDIENCE is set: tokens of every application of the issuer are accepted"
+                ),
+                (None, false) => anyhow::bail!(
+                    "TOTP_JWKS is set but TOTP_TOKEN_AUDIENCE is not: without an audience, a token \
+                     the issuer minted for any other application would be accepted here. Set \
+                     TOTP_TOKEN_AUDIENCE to this service's audience (e.g. its project or client id), \
+                     or set TOTP_TOKEN_ANY_AUDIENCE=true to accept any audience knowingly"
+                ),
+            }
+            JwksSource::parse(spec)?
+        }
         None => {
             let local = LocalSigningKey::load_or_create(&config.data_dir)?;
             tracing::info!(
@@ -86,6 +103,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
         // gives the writer back.
         write_timeout: config.request_timeout * 2,
         cache_capacity: config.user_cache_size,
+        queue_capacity: config.db_queue_capacity,
     };
     // A database that starts beside the service may not answer yet: wait for it, saying so.
     let started = Instant::now();
@@ -133,6 +151,16 @@ pub struct App {
     draining: Arc<AtomicBool>,
     drain_delay: Duration,
     grace: Duration,
+    limits: ConnectionLimits,
+}
+
+/// What one client connection may cost the service.
+#[derive(Clone, Copy, Debug)]
+struct ConnectionLimits {
+    /// Longest wait for a request's headers (and for the first byte of a new connection).
+    header_read_timeout: Duration,
+    /// Most connections served at once; beyond it clients wait in the kernel's backlog.
+    max_connections: usize,
 }
 
 /// Builds the service of a configuration, with `clock` as the time source.
@@ -144,12 +172,20 @@ pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<App
         auth: authenticator(config).await?,
         draining: draining.clone(),
     });
+    let options = transport::RouterOptions {
+        cors_origins: config.cors_origins.clone(),
+        body_read_timeout: config.body_read_timeout,
+    };
     Ok(App {
-        router: transport::router(api, &config.cors_origins).await?,
+        router: transport::router(api, &options).await?,
         service,
         draining,
         drain_delay: config.drain_delay,
         grace: config.shutdown_grace,
+        limits: ConnectionLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections.max(1),
+        },
     })
 }
 
@@ -163,8 +199,6 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let draining = self.draining.clone();
-        let signalled = Arc::new(tokio::sync::Notify::new());
-        let notify = signalled.clone();
         let drain_delay = self.drain_delay;
         let stop = async move {
             shutdown.await;
@@ -176,28 +210,94 @@ impl App {
                 );
                 tokio::time::sleep(drain_delay).await;
             }
-            notify.notify_one();
             tracing::info!("shutting down: no new connections, finishing in-flight requests");
         };
-        // Without TCP_NODELAY, an HTTP/2 answer written as several small frames waits for the
-        // peer's delayed ACK (up to 40 ms) behind Nagle's algorithm; axum leaves it off.
-        let listener = listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::debug!(%err, "could not set TCP_NODELAY on a connection");
-            }
-        });
-        let server = axum::serve(listener, self.router).with_graceful_shutdown(stop);
-        let grace = self.grace;
-        let result = tokio::select! {
-            served = server => served,
-            _ = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!(?grace, "grace period over; closing the remaining connections");
-                Ok(())
-            }
-        };
+        let connections = GracefulShutdown::new();
+        accept_until(listener, self.router, self.limits, &connections, stop).await;
+        if tokio::time::timeout(self.grace, connections.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "grace period over; closing the remaining connections");
+        }
         self.service.close().await;
         tracing::info!("stopped");
-        result
+        Ok(())
+    }
+}
+
+/// Takes connections and serves each on a task of its own until `stop` resolves, at most
+/// `limits.max_connections` at a time.
+///
+/// Served with hyper directly rather than `axum::serve`, which has no header read timeout and no
+/// connection cap: a client that opens connections and sends nothing, or sends its headers a
+/// byte at a time, would otherwise hold them open forever.
+async fn accept_until(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    connections: &GracefulShutdown,
+    stop: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // Pings find peers that vanished without closing; a live but idle HTTP/2 client is held to
+    // the connection cap.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            permit = permits.clone().acquire_owned() => {
+                let Ok(permit) = permit else { break };
+                tokio::select! {
+                    () = &mut stop => break,
+                    accepted = listener.accept() => accepted.map(|(stream, _)| (stream, permit)),
+                }
+            }
+        };
+        let (stream, permit) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                tracing::warn!(%err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Without TCP_NODELAY, an HTTP/2 answer written as several small frames waits for the
+        // peer's delayed ACK (up to 40 ms) behind Nagle's algorithm.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "could not set TCP_NODELAY on a connection");
+        }
+        let builder = builder.clone();
+        let service = service.clone();
+        let watcher = connections.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // The protocol is chosen from the first bytes, which hyper waits for without a limit:
+            // a connection that sends nothing is closed after the header timeout.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(limits.header_read_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+        });
     }
 }
 

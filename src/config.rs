@@ -98,9 +98,15 @@ pub struct Config {
     )]
     pub token_issuer: String,
 
-    /// Required `aud` of tokens (unchecked when unset).
+    /// Required `aud` of tokens: a token whose `aud` does not name it is refused. Must be set
+    /// with an external TOTP_JWKS (see TOTP_TOKEN_ANY_AUDIENCE).
     #[arg(long, env = "TOTP_TOKEN_AUDIENCE", global = true)]
     pub token_audience: Option<String>,
+
+    /// Accept tokens of any audience with an external TOTP_JWKS (then any application of the
+    /// issuer can call this service with its tokens; a warning is logged at start).
+    #[arg(long, env = "TOTP_TOKEN_ANY_AUDIENCE", global = true)]
+    pub token_any_audience: bool,
 
     /// Claim holding the caller's permissions, shaped as ZITADEL's project roles.
     #[arg(
@@ -155,6 +161,33 @@ pub struct Config {
     #[arg(long, env = "TOTP_DB_WAIT", default_value = "30s", value_parser = parse_duration, global = true)]
     pub db_wait: Duration,
 
+    /// Longest a client may take to send a request's headers before its connection is closed.
+    #[arg(long, env = "TOTP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
+    /// Longest a client may take to send a request's body before the request is refused.
+    #[arg(long, env = "TOTP_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub body_read_timeout: Duration,
+
+    /// Most client connections open at once; further clients wait in the listen backlog.
+    #[arg(
+        long,
+        env = "TOTP_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Most database operations waiting for the database at once; beyond it a request is
+    /// answered at once with code 8 (RESOURCE_EXHAUSTED, HTTP 429).
+    #[arg(
+        long,
+        env = "TOTP_DB_QUEUE_CAPACITY",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub db_queue_capacity: usize,
+
     /// Browser origins allowed by CORS (comma list; `*` for any).
     #[arg(long, env = "TOTP_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
@@ -205,17 +238,59 @@ impl Config {
     }
 }
 
-/// `url` with any password replaced by `***`.
+/// Query parameters whose values are secrets (libpq's and sqlx's names for a password).
+const SECRET_QUERY_KEYS: [&str; 3] = ["password", "sslpassword", "passfile"];
+
+/// `url` with its password, and any password-like query parameter, replaced by `***`; text
+/// that is not a URL is hidden whole (it might be a password-bearing connection string).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<not a URL, hidden>".to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let secret = SECRET_QUERY_KEYS
+                    .iter()
+                    .any(|s| key.eq_ignore_ascii_case(s));
+                let value = if secret {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    // `***` is percent-encoded by the URL writer; show it as written.
+    parsed.to_string().replace("%2A%2A%2A", "***")
+}
+
+/// A JWKS setting as shown in logs and `config`: a path as is; a URL without its userinfo and
+/// query (either may hold a credential of the identity provider).
+pub fn redact_jwks(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut url) if url.scheme() == "http" || url.scheme() == "https" => {
+            let had_secret = !url.username().is_empty() || url.password().is_some();
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            let had_query = url.query().is_some();
+            url.set_query(None);
+            let mut shown = url.to_string();
+            if had_query {
+                shown.push_str("?***");
+            }
+            if had_secret {
+                shown = shown.replacen("://", "://***@", 1);
+            }
+            shown
+        }
+        _ => spec.to_owned(),
     }
 }
 
@@ -228,9 +303,10 @@ impl fmt::Debug for Config {
                 &self.database_url.as_deref().map(redact_url),
             )
             .field("data_dir", &self.data_dir)
-            .field("jwks", &self.jwks)
+            .field("jwks", &self.jwks.as_deref().map(redact_jwks))
             .field("token_issuer", &self.token_issuer)
             .field("token_audience", &self.token_audience)
+            .field("token_any_audience", &self.token_any_audience)
             .field("roles_claim", &self.roles_claim)
             .field("otp_issuer", &self.otp_issuer)
             .field(
@@ -243,6 +319,10 @@ impl fmt::Debug for Config {
             .field("drain_delay", &self.drain_delay)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("db_wait", &self.db_wait)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("db_queue_capacity", &self.db_queue_capacity)
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
             .field("db_max_connections", &self.effective_db_max_connections())
@@ -296,6 +376,46 @@ mod tests {
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(!printed.contains("c2VjcmV0"), "{printed}");
         assert!(printed.contains("postgres://app:***@db/totp"), "{printed}");
+    }
+
+    #[test]
+    fn passwords_are_redacted_in_every_form() {
+        for (url, shown) in [
+            (
+                "postgres://app:hunter2@db/totp",
+                "postgres://app:***@db/totp",
+            ),
+            (
+                "postgres://app:hun%40ter2@db:5432/totp",
+                "postgres://app:***@db:5432/totp",
+            ),
+            (
+                "postgres://app:p@ss@word@db/totp",
+                "postgres://app:***@db/totp",
+            ),
+            (
+                "postgres://db/totp?user=app&password=hunter2&sslmode=require",
+                "postgres://db/totp?user=app&password=***&sslmode=require",
+            ),
+            ("postgres://app@db/totp", "postgres://app@db/totp"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(!redacted.contains("hunter2") && !redacted.contains("ter2"));
+        }
+        assert_eq!(
+            redact_url("host=db password=hunter2"),
+            "<not a URL, hidden>"
+        );
+        assert_eq!(
+            redact_jwks("https://client:s3cret@idp.example/keys?token=s3cret"),
+            "https://***@idp.example/keys?***"
+        );
+        assert_eq!(
+            redact_jwks("https://idp.example/keys"),
+            "https://idp.example/keys"
+        );
+        assert_eq!(redact_jwks("/etc/jwks.json"), "/etc/jwks.json");
     }
 
     #[test]

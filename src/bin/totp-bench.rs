@@ -978,6 +978,7 @@ async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
         acquire_timeout: Duration::from_secs(30),
         write_timeout: Duration::from_secs(30),
         cache_capacity: 0,
+        queue_capacity: 1,
     })
     .await
     .context("opening the SQLite file")?

@@ -41,9 +41,17 @@ impl Access {
         }
     }
 
-    /// The full check, once the user's organisation is known.
+    /// The full check, once the user's organisation is known. A caller is the user itself only
+    /// if its token, when it names the caller's organisation, names the user's: otherwise an
+    /// administrator of one organisation could make a user whose id a token of another
+    /// organisation carries, and act on it as "itself".
     pub fn check(&self, caller: &Caller, user_id: &str, user_org: &str) -> Result<(), Error> {
-        if self.is_self(caller, user_id) || caller.holds(self.permission, user_org) {
+        let is_self = self.is_self(caller, user_id)
+            && caller
+                .resource_owner
+                .as_deref()
+                .is_none_or(|org| org == user_org);
+        if is_self || caller.holds(self.permission, user_org) {
             Ok(())
         } else {
             Err(NO_PERMISSION.into())
@@ -92,6 +100,18 @@ mod tests {
         assert!(VERIFY.precheck(&admin, "alice").is_ok());
         assert!(VERIFY.check(&admin, "alice", "org1").is_err());
         assert!(VERIFY.check(&admin, "alice", "org2").is_ok());
+    }
+
+    #[test]
+    fn the_user_itself_is_known_by_id_and_by_organisation_when_the_token_names_one() {
+        let mut alice = caller("alice", &[]);
+        alice.resource_owner = Some("org1".to_owned());
+        assert!(VERIFY.check(&alice, "alice", "org1").is_ok());
+        assert!(VERIFY.precheck(&alice, "alice").is_ok());
+        assert!(
+            VERIFY.check(&alice, "alice", "org2").is_err(),
+            "the same id in another organisation is another user"
+        );
     }
 
     #[test]

@@ -92,6 +92,20 @@ pub const SECRET_KEY_UNAVAILABLE: Rejection = rejection(
     "The TOTP secret is sealed under a key that is not configured",
 );
 
+/// The database's queue is full: the client should come back a little later.
+pub const OVERLOADED: Rejection = rejection(
+    Code::ResourceExhausted,
+    "STORE-full0",
+    "The service is overloaded, try again later",
+);
+
+/// An oversized Connect body: RESOURCE_EXHAUSTED, as gRPC answers it.
+pub const BODY_TOO_LARGE: Rejection = rejection(
+    Code::ResourceExhausted,
+    "CONNECT-s1ze0",
+    "The request exceeds 64 KiB",
+);
+
 /// Why a request carried no usable token (code 16, no ErrorDetail, as ZITADEL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {

@@ -5,6 +5,7 @@
 pub mod authz;
 pub mod clock;
 pub mod error;
+pub mod outage;
 pub mod service;
 pub mod store;
 pub mod totp;

@@ -14,6 +14,7 @@ use crate::crypto::{CryptoError, KeyRing};
 use super::authz::Access;
 use super::clock::{Clock, Timestamp};
 use super::error::{self, Error, Rejection};
+use super::outage::OutageLog;
 use super::store::{Changes, Committed, ConnectionStats, NewEvent, Snapshot, Store, TotpChange};
 use super::totp::{self, CodeMatch, Secret};
 use super::types::{
@@ -125,6 +126,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     keys: Arc<KeyRing>,
     settings: Arc<Settings>,
+    outages: Arc<OutageLog>,
 }
 
 /// A user's state being changed by a command; collects the events.
@@ -161,6 +163,16 @@ impl Draft {
             event_type,
             payload,
         });
+    }
+
+    /// A locked user may not change its own second factor: a stolen session of a locked
+    /// account must not swap the factor that locked it. (An administrator still may.)
+    fn refuse_locked_self_service(&self) -> Result<(), Error> {
+        if self.creator == self.user.user_id && self.user.is_locked_at(self.at) {
+            Err(error::USER_LOCKED.into())
+        } else {
+            Ok(())
+        }
     }
 
     fn put_totp(&mut self, record: TotpRecord) {
@@ -212,6 +224,7 @@ impl Service {
             clock,
             keys: Arc::new(keys),
             settings: Arc::new(settings),
+            outages: Arc::default(),
         }
     }
 
@@ -244,9 +257,11 @@ impl Service {
     where
         Work: Future<Output = Result<T, Error>>,
     {
-        tokio::time::timeout(self.settings.request_timeout, work(self.store.clone()))
+        let outcome = tokio::time::timeout(self.settings.request_timeout, work(self.store.clone()))
             .await
-            .unwrap_or_else(|_| Err(TOO_SLOW.into()))
+            .unwrap_or_else(|_| Err(TOO_SLOW.into()));
+        self.outages.note(&outcome);
+        outcome
     }
 
     /// Runs `decide` on an existing user's state, after the access checks, and writes the outcome.
@@ -298,6 +313,7 @@ impl Service {
                 user_id,
                 Access::self_or(Permission::UserCredentialWrite),
                 move |draft, _| {
+                    draft.refuse_locked_self_service()?;
                     if draft
                         .totp
                         .as_ref()
@@ -465,6 +481,7 @@ impl Service {
                 user_id,
                 Access::self_or(Permission::UserWrite),
                 |draft, _| {
+                    draft.refuse_locked_self_service()?;
                     if draft.totp.is_none() {
                         return Err(error::TOTP_NOT_FOUND_ON_REMOVE.into());
                     }
@@ -556,6 +573,7 @@ impl Service {
             .clone()
             .or_else(|| caller.resource_owner.clone())
             .ok_or(Error::Rejected(error::ORG_MISSING))?;
+        super::types::check_text(&org, "Organization", "OrgId")?;
         // Nobody is "the user itself" of a user not yet made: the permission is needed.
         Access::only(Permission::UserWrite).check(caller, "", &org)?;
 

@@ -25,6 +25,26 @@ pub fn check_length(value: &str, request: &str, field: &str) -> Result<(), Error
     }
 }
 
+/// Checks that a stored or looked-up string holds no control character (NUL, line breaks, tabs,
+/// escapes): Postgres refuses NUL in text outright, and the others have no place in an id, a name
+/// or an address. Worded as ZITADEL's validator words a broken rule.
+pub fn check_no_control(value: &str, request: &str, field: &str) -> Result<(), Error> {
+    if value.chars().any(char::is_control) {
+        Err(Error::Validation(format!(
+            "invalid {request}.{field}: value must not contain control characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`check_length`] and [`check_no_control`]: the rules of every stored or looked-up string
+/// that must not be empty.
+pub fn check_text(value: &str, request: &str, field: &str) -> Result<(), Error> {
+    check_length(value, request, field)?;
+    check_no_control(value, request, field)
+}
+
 /// A user id that passed validation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UserId(String);
@@ -32,7 +52,7 @@ pub struct UserId(String);
 impl UserId {
     /// Validates `raw` as the `user_id` field of the request named `request`.
     pub fn parse(raw: &str, request: &str) -> Result<Self, Error> {
-        check_length(raw, request, "UserId")?;
+        check_text(raw, request, "UserId")?;
         Ok(UserId(raw.to_owned()))
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::classify;
 use super::sql::{SELECT_SNAPSHOTS, snapshot_from_row};
-use crate::domain::error::Error;
+use crate::domain::error::{Error, OVERLOADED};
 use crate::domain::store::Snapshot;
 
 /// Most reads per statement.
@@ -42,14 +42,14 @@ struct Read {
 /// The queue in front of the reader tasks.
 #[derive(Clone, Debug)]
 pub struct GroupRead {
-    queue: mpsc::UnboundedSender<Read>,
+    queue: mpsc::Sender<Read>,
 }
 
 impl GroupRead {
     /// Starts the reader tasks on `url`, their statements bounded by `timeout`; they stop when
     /// every handle is dropped.
-    pub fn start(url: &str, timeout: Duration) -> Self {
-        let (queue, receiver) = mpsc::unbounded_channel();
+    pub fn start(url: &str, timeout: Duration, capacity: usize) -> Self {
+        let (queue, receiver) = mpsc::channel(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..READERS {
             tokio::spawn(reader(url.to_owned(), timeout, receiver.clone()));
@@ -64,9 +64,13 @@ impl GroupRead {
             user_id: user_id.to_owned(),
             done,
         };
-        self.queue
-            .send(read)
-            .map_err(|_| Error::Unavailable("the database readers have stopped".into()))?;
+        // A full queue is refused at once (see `GroupCommit`).
+        self.queue.try_send(read).map_err(|refused| match refused {
+            mpsc::error::TrySendError::Full(_) => Error::Rejected(OVERLOADED),
+            mpsc::error::TrySendError::Closed(_) => {
+                Error::Unavailable("the database readers have stopped".into())
+            }
+        })?;
         answer
             .await
             .map_err(|_| Error::Internal("a database reader dropped a read".into()))?
@@ -76,50 +80,85 @@ impl GroupRead {
 /// Takes batches from the shared queue and reads each in one statement, until the queue closes.
 /// The queue's lock is held while waiting for the first read of a batch and released before the
 /// statement, so the other readers gather the next batches meanwhile.
-async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::UnboundedReceiver<Read>>>) {
+async fn reader(url: String, timeout: Duration, queue: Arc<Mutex<mpsc::Receiver<Read>>>) {
     let mut connection: Option<PgConnection> = None;
     loop {
         let batch = {
             let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(read) => batch.push(read),
-                    Err(_) => break,
+            let mut batch = Vec::new();
+            while batch.is_empty() {
+                let Some(first) = queue.recv().await else {
+                    return;
+                };
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(read) => batch.push(read),
+                        Err(_) => break,
+                    }
                 }
+                // Reads whose requests have timed out are not made.
+                batch.retain(|read| !read.done.is_closed());
             }
             batch
         };
-        let ids = batch.iter().map(|read| read.user_id.as_str()).collect();
-        let rows = async {
-            let open = super::batch::reconnect(&mut connection, &url, timeout).await?;
-            read_users(open, ids).await
-        }
-        .await;
-        match rows {
-            Ok(snapshots) => {
-                for read in batch {
-                    // A user asked for twice in one batch gets the same row twice.
-                    let snapshot = snapshots.get(&read.user_id).cloned();
-                    let _ = read.done.send(Ok(snapshot));
-                }
-            }
-            Err(error) => {
-                connection = None;
-                for read in batch {
-                    let _ = read.done.send(Err(error.clone()));
-                }
-            }
+        let ids: Vec<&str> = batch.iter().map(|read| read.user_id.as_str()).collect();
+        let snapshots = read_isolating_failures(&mut connection, &url, timeout, &ids).await;
+        for (read, snapshot) in batch.into_iter().zip(snapshots) {
+            let _ = read.done.send(snapshot);
         }
     }
 }
 
-/// Reads the users `ids` in one statement, by user id (also the writer's reads, see
-/// [`super::batch`]).
-pub(super) async fn read_users(
+/// Reads the users `ids` in one statement; each one's snapshot (`None`: no such user). When the
+/// statement fails for a reason other than the database being away, one id may be at fault:
+/// each is then read alone, so that only the faulty one fails. A failure drops the connection.
+pub(super) async fn read_isolating_failures(
+    connection: &mut Option<PgConnection>,
+    url: &str,
+    timeout: Duration,
+    ids: &[&str],
+) -> Vec<Result<Option<Snapshot>, Error>> {
+    match read_on(connection, url, timeout, ids.to_vec()).await {
+        // A user asked for twice gets the same row twice.
+        Ok(snapshots) => ids
+            .iter()
+            .map(|id| Ok(snapshots.get(*id).cloned()))
+            .collect(),
+        Err(error) if ids.len() == 1 || matches!(error, Error::Unavailable(_)) => {
+            vec![Err(error); ids.len()]
+        }
+        Err(_) => {
+            let mut reads = Vec::with_capacity(ids.len());
+            for id in ids {
+                let alone = read_on(connection, url, timeout, vec![id]).await;
+                reads.push(alone.map(|mut snapshots| snapshots.remove(*id)));
+            }
+            reads
+        }
+    }
+}
+
+/// [`read_users`] on the open connection or a new one; a failure drops the connection.
+async fn read_on(
+    connection: &mut Option<PgConnection>,
+    url: &str,
+    timeout: Duration,
+    ids: Vec<&str>,
+) -> Result<HashMap<String, Snapshot>, Error> {
+    let read = async {
+        let open = super::batch::reconnect(connection, url, timeout).await?;
+        read_users(open, ids).await
+    }
+    .await;
+    if read.is_err() {
+        *connection = None;
+    }
+    read
+}
+
+/// Reads the users `ids` in one statement, by user id.
+async fn read_users(
     connection: &mut PgConnection,
     ids: Vec<&str>,
 ) -> Result<HashMap<String, Snapshot>, Error> {

@@ -71,6 +71,9 @@ pub struct StoreOptions {
     pub write_timeout: Duration,
     /// How many users' last known state to keep in process (0: none); see [`cache`].
     pub cache_capacity: usize,
+    /// Most operations waiting for the database at once (each queue of the Postgres readers and
+    /// writer; all operations on SQLite); beyond it an operation is refused with code 8.
+    pub queue_capacity: usize,
 }
 
 /// Connects, migrates, and returns the store.
@@ -95,9 +98,17 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
     .await?;
     let grouped = if dialect == Dialect::Postgres {
         Some(Grouped {
-            reads: batch_read::GroupRead::start(&options.url, options.write_timeout),
-            writes: batch::GroupCommit::start(&options.url, options.write_timeout)
-                .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
+            reads: batch_read::GroupRead::start(
+                &options.url,
+                options.write_timeout,
+                options.queue_capacity,
+            ),
+            writes: batch::GroupCommit::start(
+                &options.url,
+                options.write_timeout,
+                options.queue_capacity,
+            )
+            .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
         })
     } else {
         None
@@ -107,6 +118,7 @@ pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
         dialect,
         grouped,
         cache::SnapshotCache::new(options.cache_capacity),
+        options.queue_capacity,
     ))
 }
 
@@ -125,12 +137,59 @@ impl SqlStore {
     }
 }
 
-/// Sorts a database failure into "unreachable" (code 14) or "unexpected" (code 13).
+/// Sorts a database failure into "unreachable, try again" (code 14) or "unexpected" (code 13).
 pub(crate) fn classify(context: &str, err: sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            Error::Unavailable(format!("{context}: {err}"))
+    let try_again = match &err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|c| is_transient(&c)),
+        _ => false,
+    };
+    if try_again {
+        Error::Unavailable(format!("{context}: {err}"))
+    } else {
+        Error::Internal(format!("{context}: {err}"))
+    }
+}
+
+/// Whether an error code says the database cannot serve now but may soon: Postgres's connection
+/// failures (class 08), shutting down or starting up (57P01–57P03), too many connections
+/// (53300), and serialization or deadlock failures (40001, 40P01) left after the service's own
+/// retries; SQLite's busy and locked (5, 6 and their extended codes).
+fn is_transient(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01"
+                | "57P02"
+                | "57P03"
+                | "53300"
+                | "40001"
+                | "40P01"
+                | "5"
+                | "6"
+                | "261"
+                | "517"
+                | "262"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_database_errors_are_unavailable_not_internal() {
+        for code in [
+            "08006", "08001", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "5",
+        ] {
+            assert!(is_transient(code), "{code}");
         }
-        other => Error::Internal(format!("{context}: {other}")),
+        for code in ["23505", "22021", "42P01", "XX000", "1"] {
+            assert!(!is_transient(code), "{code}");
+        }
     }
 }

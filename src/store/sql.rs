@@ -50,6 +50,9 @@ pub struct SqlStore {
     /// Recently seen users' last known state: a command may decide on it without a read (see
     /// [`SnapshotCache`] for why that is safe).
     cache: Arc<SnapshotCache>,
+    /// Places for operations run on a task of their own (all of SQLite's): when none is free, an
+    /// operation is refused at once instead of queueing without bound.
+    admitted: Arc<tokio::sync::Semaphore>,
 }
 
 type AnyQuery<'q> = Query<'q, Any, AnyArguments<'q>>;
@@ -224,6 +227,7 @@ impl SqlStore {
         dialect: Dialect,
         grouped: Option<Grouped>,
         cache: SnapshotCache,
+        queue_capacity: usize,
     ) -> Self {
         SqlStore {
             connections: Arc::new(connections),
@@ -232,6 +236,7 @@ impl SqlStore {
             sqlite_writer: Arc::new(tokio::sync::Mutex::new(())),
             sqlite_pending: Arc::default(),
             cache: Arc::new(cache),
+            admitted: Arc::new(tokio::sync::Semaphore::new(queue_capacity.max(1))),
         }
     }
 
@@ -286,6 +291,14 @@ impl SqlStore {
             Ok(written) => {
                 for (write, written) in batch.into_iter().zip(written) {
                     let _ = write.done.send(Ok(written));
+                }
+            }
+            // One write may be at fault (a value the database refuses): each is then written in
+            // a transaction of its own, so that only the faulty one fails.
+            Err(error) if batch.len() > 1 && !matches!(error, Error::Unavailable(_)) => {
+                for write in batch {
+                    let alone = write_sqlite_batch(conn, std::slice::from_ref(&write)).await;
+                    let _ = write.done.send(alone.map(|written| written[0]));
                 }
             }
             Err(error) => {
@@ -629,9 +642,18 @@ impl SqlStore {
         T: Send + 'static,
         Work: Future<Output = Result<T, Error>> + Send + 'static,
     {
-        tokio::spawn(work(self.clone()))
-            .await
-            .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Rejected(error::OVERLOADED))?;
+        let work = work(self.clone());
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            work.await
+        })
+        .await
+        .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,42 +31,88 @@ const LOCAL_JWKS_FILE: &str = "jwks.json";
 const JWKS_REFRESH: Duration = Duration::from_secs(300);
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(30);
 
+/// Most bytes of a JWKS read from a URL: a key set is a few KiB; an endpoint that sends more is
+/// refused rather than buffered.
+const JWKS_MAX_BYTES: usize = 1024 * 1024;
+
 /// Where the trusted keys come from.
 #[derive(Clone, Debug)]
 pub enum JwksSource {
     File(PathBuf),
-    Url(String),
+    /// An https URL (http only on a loopback host), fetched with one client that follows no
+    /// redirects.
+    Url {
+        url: reqwest::Url,
+        client: reqwest::Client,
+    },
 }
 
 impl JwksSource {
-    /// `http(s)://…` is a URL, anything else a path.
-    pub fn parse(spec: &str) -> Self {
-        if spec.starts_with("http://") || spec.starts_with("https://") {
-            JwksSource::Url(spec.to_owned())
-        } else {
-            JwksSource::File(PathBuf::from(spec))
+    /// `http(s)://…` is a URL, anything else a path. A URL must be https, or http to a loopback
+    /// host (a key set fetched in clear over a network could be swapped on the way).
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        if !(spec.starts_with("http://") || spec.starts_with("https://")) {
+            return Ok(JwksSource::File(PathBuf::from(spec)));
         }
+        let url = reqwest::Url::parse(spec).map_err(|e| {
+            anyhow::anyhow!(
+                "TOTP_JWKS is not a valid URL ({e}): {}",
+                crate::config::redact_jwks(spec)
+            )
+        })?;
+        let loopback = match url.host() {
+            Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        anyhow::ensure!(
+            url.scheme() == "https" || loopback,
+            "TOTP_JWKS must be an https URL (http is allowed only for localhost): {}",
+            crate::config::redact_jwks(spec)
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(JwksSource::Url { url, client })
     }
 
     async fn fetch(&self) -> anyhow::Result<JwkSet> {
-        let text = match self {
-            JwksSource::File(path) => tokio::fs::read_to_string(path)
+        let bytes = match self {
+            JwksSource::File(path) => tokio::fs::read(path)
                 .await
                 .with_context(|| format!("reading the JWKS file {}", path.display()))?,
-            JwksSource::Url(url) => {
-                reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()?
-                    .get(url)
+            JwksSource::Url { url, client } => {
+                let shown = crate::config::redact_jwks(url.as_str());
+                let mut response = client
+                    .get(url.clone())
                     .send()
                     .await
-                    .and_then(reqwest::Response::error_for_status)
-                    .with_context(|| format!("fetching the JWKS from {url}"))?
-                    .text()
-                    .await?
+                    .map_err(reqwest::Error::without_url)
+                    .with_context(|| format!("fetching the JWKS from {shown}"))?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "fetching the JWKS from {shown}: HTTP {} (redirects are not followed)",
+                    response.status()
+                );
+                let mut body = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(reqwest::Error::without_url)
+                    .with_context(|| format!("reading the JWKS from {shown}"))?
+                {
+                    anyhow::ensure!(
+                        body.len() + chunk.len() <= JWKS_MAX_BYTES,
+                        "the JWKS at {shown} is larger than {JWKS_MAX_BYTES} bytes"
+                    );
+                    body.extend_from_slice(&chunk);
+                }
+                body
             }
         };
-        serde_json::from_str(&text).context("the JWKS is not a JSON Web Key Set")
+        serde_json::from_slice(&bytes).context("the JWKS is not a JSON Web Key Set")
     }
 }
 
@@ -108,6 +155,8 @@ pub struct Authenticator {
     cache: Arc<RwLock<KeyCache>>,
     refetching: Arc<tokio::sync::Mutex<()>>,
     verified: Arc<RwLock<VerifiedTokens>>,
+    /// Whether the last refresh failed (so that a spell of failures is logged once).
+    refresh_failing: Arc<AtomicBool>,
 }
 
 impl Authenticator {
@@ -123,6 +172,7 @@ impl Authenticator {
             })),
             refetching: Arc::new(tokio::sync::Mutex::new(())),
             verified: Arc::new(RwLock::new(VerifiedTokens::default())),
+            refresh_failing: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -139,7 +189,8 @@ impl Authenticator {
         self.refresh_if_needed(token_header.kid.as_deref()).await;
         let claims = self.verify(token, &token_header).ok_or_else(invalid)?;
         let caller = caller_from_claims(&claims, &self.rules.roles_claim).ok_or_else(invalid)?;
-        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+        if let Some(exp) = claims.get("exp").and_then(Value::as_f64) {
+            let exp = exp as u64;
             let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
             if verified.by_token.len() >= VERIFIED_CACHE_LIMIT {
                 verified.by_token.clear();
@@ -176,14 +227,16 @@ impl Authenticator {
             validation.validate_nbf = true;
             validation.set_issuer(&[&self.rules.issuer]);
             validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-            match &self.rules.audience {
-                Some(audience) => validation.set_audience(&[audience]),
-                None => validation.validate_aud = false,
-            }
+            // The audience and the times are checked below, on the claims as sent: the library
+            // lets a token without `aud` pass an audience check.
+            validation.validate_aud = false;
             if let Ok(data) =
                 jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, &validation)
             {
-                return Some(data.claims);
+                let now = jsonwebtoken::get_current_timestamp();
+                let fits = has_audience(&data.claims, self.rules.audience.as_deref())
+                    && times_are_sane(&data.claims, now);
+                return fits.then_some(data.claims);
             }
         }
         None
@@ -216,6 +269,9 @@ impl Authenticator {
         cache.fetched_at = Instant::now();
         match fetched {
             Ok(keys) => {
+                if self.refresh_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("JWKS refresh works again; keys updated");
+                }
                 cache.keys = keys;
                 // A key may have been withdrawn: tokens it signed must be checked again.
                 self.verified
@@ -224,9 +280,11 @@ impl Authenticator {
                     .by_token
                     .clear();
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys")
+            // Logged once per spell of failures, not once per attempt.
+            Err(err) if !self.refresh_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %err, "JWKS refresh failed; keeping the previous keys until it works again")
             }
+            Err(_) => {}
         }
     }
 }
@@ -286,17 +344,55 @@ fn trusted_keys(set: &JwkSet) -> anyhow::Result<Vec<TrustedKey>> {
     Ok(keys)
 }
 
+/// Latest `exp` accepted: the last second of the year 9999 (RFC 3339's range). A later one is a
+/// forged or broken token, and would overflow time arithmetic.
+const MAX_EXPIRY: f64 = 253_402_300_799.0;
+
+/// Whether `aud` names `audience` (as a string, or in a list of strings). Without a configured
+/// audience any `aud` is fine; with one, a token without `aud` is refused: it may have been
+/// minted for another application of the same issuer.
+fn has_audience(claims: &Map<String, Value>, audience: Option<&str>) -> bool {
+    let Some(audience) = audience else {
+        return true;
+    };
+    match claims.get("aud") {
+        Some(Value::String(aud)) => aud == audience,
+        Some(Value::Array(auds)) => auds.iter().any(|aud| aud.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
+/// Whether `exp` is a number not past [`MAX_EXPIRY`], and `iat`, when present, a number not
+/// more than the leeway in the future (`exp` itself and `nbf` the library checks).
+fn times_are_sane(claims: &Map<String, Value>, now: u64) -> bool {
+    let exp_ok = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .is_some_and(|exp| exp.is_finite() && exp <= MAX_EXPIRY);
+    let iat_ok = match claims.get("iat") {
+        None => true,
+        Some(iat) => iat
+            .as_f64()
+            .is_some_and(|iat| iat.is_finite() && iat <= (now + LEEWAY_SECONDS) as f64),
+    };
+    exp_ok && iat_ok
+}
+
 /// Reads `sub`, the resource owner and the roles claim into a caller; `None` without a `sub`.
 fn caller_from_claims(claims: &Map<String, Value>, roles_claim: &str) -> Option<Caller> {
+    // The subject is stored as the creator of events, and the resource owner may become a new
+    // user's organisation: neither may hold a control character (see `check_no_control`).
+    let plain = |s: &&str| !s.chars().any(char::is_control);
     let subject = claims
         .get("sub")?
         .as_str()
-        .filter(|s| !s.is_empty())?
+        .filter(|s| !s.is_empty())
+        .filter(plain)?
         .to_owned();
-    let resource_owner = claims
-        .get(RESOURCE_OWNER_CLAIM)
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let resource_owner = match claims.get(RESOURCE_OWNER_CLAIM) {
+        None | Some(Value::Null) => None,
+        Some(owner) => Some(owner.as_str().filter(plain)?.to_owned()),
+    };
     let mut grants: HashMap<String, HashSet<String>> = HashMap::new();
     if let Some(Value::Object(roles)) = claims.get(roles_claim) {
         for (permission, orgs) in roles {
@@ -442,8 +538,92 @@ mod tests {
     }
 
     #[test]
-    fn a_token_without_subject_is_no_caller() {
-        let claims = serde_json::json!({"iss": "x"});
-        assert!(caller_from_claims(claims.as_object().unwrap(), "roles").is_none());
+    fn a_configured_audience_must_be_named_by_aud() {
+        let claims = |aud: Value| {
+            let mut claims = Map::new();
+            if !aud.is_null() {
+                claims.insert("aud".into(), aud);
+            }
+            claims
+        };
+        let ours = Some("ours");
+        assert!(has_audience(&claims("ours".into()), ours));
+        assert!(has_audience(
+            &claims(serde_json::json!(["x", "ours"])),
+            ours
+        ));
+        assert!(!has_audience(&claims(Value::Null), ours), "missing aud");
+        assert!(!has_audience(&claims(serde_json::json!(null)), ours));
+        let mut explicit_null = Map::new();
+        explicit_null.insert("aud".into(), Value::Null);
+        assert!(!has_audience(&explicit_null, ours), "aud: null");
+        assert!(!has_audience(&claims(serde_json::json!(7)), ours), "number");
+        assert!(!has_audience(&claims(serde_json::json!(["x"])), ours));
+        assert!(!has_audience(&claims("other".into()), ours));
+        assert!(has_audience(&claims(Value::Null), None));
+    }
+
+    #[test]
+    fn far_expiries_and_future_issue_times_are_refused() {
+        let now = 1_800_000_000;
+        let claims = |exp: Value, iat: Option<Value>| {
+            let mut claims = Map::new();
+            claims.insert("exp".into(), exp);
+            if let Some(iat) = iat {
+                claims.insert("iat".into(), iat);
+            }
+            claims
+        };
+        assert!(times_are_sane(
+            &claims((now + 600).into(), Some(now.into())),
+            now
+        ));
+        assert!(times_are_sane(&claims((now + 600).into(), None), now));
+        assert!(times_are_sane(
+            &claims((now + 600).into(), Some((now + 60).into())),
+            now
+        ));
+        assert!(!times_are_sane(
+            &claims((now + 600).into(), Some((now + 61).into())),
+            now
+        ));
+        assert!(!times_are_sane(&claims(i64::MAX.into(), None), now));
+        assert!(!times_are_sane(&claims(u64::MAX.into(), None), now));
+        assert!(!times_are_sane(&claims("soon".into(), None), now));
+        assert!(!times_are_sane(
+            &claims((now + 600).into(), Some("now".into())),
+            now
+        ));
+    }
+
+    #[test]
+    fn jwks_urls_must_be_https_except_on_loopback() {
+        assert!(JwksSource::parse("https://idp.example/keys").is_ok());
+        assert!(JwksSource::parse("http://127.0.0.1:9/keys").is_ok());
+        assert!(JwksSource::parse("http://[::1]:9/keys").is_ok());
+        assert!(JwksSource::parse("http://localhost/keys").is_ok());
+        let refused = JwksSource::parse("http://idp.example/keys").unwrap_err();
+        assert!(refused.to_string().contains("https"), "{refused}");
+        assert!(JwksSource::parse("http://127.0.0.1.example/keys").is_err());
+        assert!(matches!(
+            JwksSource::parse("/etc/jwks.json").unwrap(),
+            JwksSource::File(_)
+        ));
+    }
+
+    #[test]
+    fn a_token_without_a_plain_subject_or_owner_is_no_caller() {
+        for claims in [
+            serde_json::json!({"iss": "x"}),
+            serde_json::json!({"sub": "a\u{0}b"}),
+            serde_json::json!({"sub": "a\nb"}),
+            serde_json::json!({"sub": "a", RESOURCE_OWNER_CLAIM: "org\u{0}"}),
+            serde_json::json!({"sub": "a", RESOURCE_OWNER_CLAIM: 7}),
+        ] {
+            assert!(
+                caller_from_claims(claims.as_object().unwrap(), "roles").is_none(),
+                "{claims}"
+            );
+        }
     }
 }

@@ -23,13 +23,6 @@ use crate::domain::error::{Code, Error};
 use crate::domain::types::Caller;
 use crate::proto::zitadel::v1::ErrorDetail;
 
-/// An oversized body: RESOURCE_EXHAUSTED, as gRPC answers it.
-const TOO_LARGE: crate::domain::error::Rejection = crate::domain::error::Rejection {
-    code: Code::ResourceExhausted,
-    id: "CONNECT-s1ze0",
-    message: "The request exceeds 64 KiB",
-};
-
 /// How a Connect message is encoded.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Codec {
@@ -37,9 +30,25 @@ enum Codec {
     Proto,
 }
 
+/// Whether a request is a Connect unary call: a `POST` with a Connect content type on one of the
+/// gRPC services' paths.
+pub(super) fn is_connect(parts: &http::request::Parts) -> bool {
+    parts.method == http::Method::POST
+        && Codec::of(&parts.headers).is_some()
+        && SERVICE_PATHS
+            .iter()
+            .any(|service| parts.uri.path().starts_with(service))
+}
+
+/// The path prefixes of the gRPC services, where Connect calls arrive.
+const SERVICE_PATHS: [&str; 2] = [
+    "/zitadel.user.v2.UserService/",
+    "/totpservice.v1.TOTPService/",
+];
+
 impl Codec {
-    fn of(request: &Request) -> Option<Self> {
-        let content_type = request.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
+    fn of(headers: &http::HeaderMap) -> Option<Self> {
+        let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
         match content_type.split(';').next()?.trim() {
             "application/json" => Some(Codec::Json),
             "application/proto" => Some(Codec::Proto),
@@ -90,7 +99,7 @@ fn connect_code(code: Code) -> (&'static str, StatusCode) {
 }
 
 /// An error as Connect's error JSON.
-fn error_response(error: &Error) -> Response {
+pub(super) fn error_response(error: &Error) -> Response {
     super::log_server_fault(error);
     let public = error.public();
     let (code, status) = connect_code(public.code);
@@ -161,7 +170,7 @@ async fn dispatch(
 
 /// Middleware on the gRPC paths: answers Connect requests, passes the rest on.
 pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> Response {
-    let Some(codec) = Codec::of(&request) else {
+    let Some(codec) = Codec::of(request.headers()) else {
         return next.run(request).await;
     };
     let started = Instant::now();
@@ -176,7 +185,7 @@ pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> 
     };
     let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(_) => return error_response(&Error::Rejected(TOO_LARGE)),
+        Err(_) => return error_response(&Error::Rejected(crate::domain::error::BODY_TOO_LARGE)),
     };
     let Some((rpc_name, result)) = dispatch(&api, &caller, &path, codec, &body).await else {
         return error_response(&Error::Rejected(crate::domain::error::Rejection {

@@ -4,6 +4,7 @@
 //! `grpc.rs` (tonic `Status`) and `rest.rs` (the REST error body) and nowhere else.
 
 pub mod auth;
+pub mod body;
 pub mod connect;
 pub mod grpc;
 pub mod observe;
@@ -26,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -35,6 +37,15 @@ use auth::Authenticator;
 
 /// Largest request body or message accepted (SPEC.md §6).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How the router treats clients (from the configuration).
+#[derive(Clone, Debug, Default)]
+pub struct RouterOptions {
+    /// Browser origins allowed by CORS.
+    pub cors_origins: Vec<String>,
+    /// Longest a client may take to send a request body.
+    pub body_read_timeout: std::time::Duration,
+}
 
 /// What every handler needs: the domain service and the authenticator. Cloned for every
 /// request (axum's state, tonic's services), so it is one shared pointer.
@@ -63,9 +74,11 @@ impl std::ops::Deref for Api {
     }
 }
 
-/// Logs the cause of a server-side failure once; the client only sees the generic message.
+/// Logs the cause of an unexpected failure; the client only sees the generic message. (A
+/// database outage is logged by the domain once when it begins and once when it ends, not for
+/// every request it fails.)
 pub(crate) fn log_server_fault(error: &Error) {
-    if error.is_server_fault() {
+    if let Error::Internal(_) = error {
         tracing::error!(error = %error, "request failed");
     }
 }
@@ -205,36 +218,6 @@ fn request_span<B>(request: &http::Request<B>) -> tracing::Span {
     )
 }
 
-/// Most bytes read from an HTTP/1 request body before answering (see [`read_http1_body`]).
-const HTTP1_DRAIN_BYTES: usize = 1024 * 1024;
-
-/// Reads an HTTP/1 request body to its end before the request is handled. A handler that
-/// refuses an oversized body without reading it would leave the client still sending; the
-/// connection then closes with unread data and the client may see a reset instead of the
-/// error. Up to [`HTTP1_DRAIN_BYTES`] are read (and the size limits below still apply);
-/// beyond that, a bare 413. HTTP/2 (gRPC, and its streaming reflection) is left alone: a stream
-/// can be refused without harm to the connection.
-async fn read_http1_body(
-    request: http::Request<axum::body::Body>,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if request.version() >= http::Version::HTTP_2 {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    match axum::body::to_bytes(body, HTTP1_DRAIN_BYTES).await {
-        Ok(bytes) => {
-            next.run(http::Request::from_parts(
-                parts,
-                axum::body::Body::from(bytes),
-            ))
-            .await
-        }
-        Err(_) => http::StatusCode::PAYLOAD_TOO_LARGE.into_response(),
-    }
-}
-
 /// Marks gRPC-web requests, so that the gRPC handlers (which see them translated to gRPC) can
 /// tell the two apart in metrics and logs.
 async fn tag_protocol(
@@ -254,7 +237,7 @@ async fn tag_protocol(
 /// The whole router: REST routes, gRPC and gRPC-web services, health, with explicit 404 and 405.
 /// Native gRPC takes a shorter way to the same services (see [`NativeGrpcFirst`]); every request,
 /// whichever way, gets a request id and a span.
-pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router> {
+pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router> {
     use proto::totpservice::v1::totp_service_server::TotpServiceServer;
     use proto::zitadel::user::v2::user_service_server::UserServiceServer;
 
@@ -267,7 +250,10 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?
+        .max_decoding_message_size(MAX_BODY_BYTES);
+    let health_service = health_service.max_decoding_message_size(MAX_BODY_BYTES);
 
     let users = UserServiceServer::new(api.clone()).max_decoding_message_size(MAX_BODY_BYTES);
     let totp = TotpServiceServer::new(api.clone()).max_decoding_message_size(MAX_BODY_BYTES);
@@ -310,9 +296,12 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
     let full = rest
         .merge(grpc)
         .fallback(rest::not_found)
-        .layer(cors(cors_origins))
-        .layer(axum::middleware::map_request(tag_protocol))
-        .layer(axum::middleware::from_fn(read_http1_body));
+        .layer(axum::middleware::from_fn_with_state(
+            options.body_read_timeout,
+            body::read_whole,
+        ))
+        .layer(cors(&options.cors_origins))
+        .layer(axum::middleware::map_request(tag_protocol));
     let dispatch = NativeGrpcFirst {
         // An unknown service is a gRPC answer too (code 12), as gRPC servers give it.
         grpc: native_grpc.fallback(|| async {
@@ -322,6 +311,9 @@ pub async fn router(api: Api, cors_origins: &[String]) -> anyhow::Result<Router>
     };
     Ok(Router::new()
         .fallback_service(dispatch)
+        // Native gRPC reads its body as it comes: a stream whose client pauses longer than the
+        // body timeout between frames is ended (the other protocols get a total timeout).
+        .layer(RequestBodyTimeoutLayer::new(options.body_read_timeout))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
         .layer(SetRequestIdLayer::x_request_id(MakeRandomRequestId)))

@@ -52,7 +52,7 @@ impl From<Error> for RestError {
 }
 
 impl RestError {
-    fn with_status(error: Error, status: StatusCode) -> Self {
+    pub(super) fn with_status(error: Error, status: StatusCode) -> Self {
         RestError {
             error,
             status: Some(status),

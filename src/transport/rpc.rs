@@ -9,7 +9,9 @@ use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::service::NewHuman;
 use crate::domain::totp::Secret;
-use crate::domain::types::{Caller, Details, Gender, Profile, TotpCode, UserId, check_length};
+use crate::domain::types::{
+    Caller, Details, Gender, Profile, TotpCode, UserId, check_length, check_no_control, check_text,
+};
 use crate::proto::totpservice::v1 as totp_pb;
 use crate::proto::zitadel::object::v2 as object_pb;
 use crate::proto::zitadel::user::v2 as user_pb;
@@ -104,7 +106,7 @@ pub async fn add_human_user(
         .map(|id| UserId::parse(id, REQUEST))
         .transpose()?;
     if let Some(username) = &request.username {
-        check_length(username, REQUEST, "Username")?;
+        check_text(username, REQUEST, "Username")?;
     }
     if let Some(secret) = &request.totp_secret {
         check_length(secret, REQUEST, "TotpSecret")?;
@@ -112,16 +114,28 @@ pub async fn add_human_user(
     let profile = request.profile.ok_or_else(|| {
         Error::Validation(format!("invalid {REQUEST}.Profile: value is required"))
     })?;
-    check_length(&profile.given_name, "SetHumanProfile", "GivenName")?;
-    check_length(&profile.family_name, "SetHumanProfile", "FamilyName")?;
+    check_text(&profile.given_name, "SetHumanProfile", "GivenName")?;
+    check_text(&profile.family_name, "SetHumanProfile", "FamilyName")?;
+    for (value, field) in [
+        (&profile.nick_name, "NickName"),
+        (&profile.display_name, "DisplayName"),
+        (&profile.preferred_language, "PreferredLanguage"),
+    ] {
+        if let Some(value) = value {
+            check_no_control(value, "SetHumanProfile", field)?;
+        }
+    }
     let email = request
         .email
         .ok_or_else(|| Error::Validation(format!("invalid {REQUEST}.Email: value is required")))?;
-    check_length(&email.email, "SetHumanEmail", "Email")?;
+    check_text(&email.email, "SetHumanEmail", "Email")?;
 
     let org_id = match request.organization.and_then(|o| o.org) {
         None => None,
-        Some(object_pb::organization::Org::OrgId(id)) => Some(id),
+        Some(object_pb::organization::Org::OrgId(id)) => {
+            check_text(&id, "Organization", "OrgId")?;
+            Some(id)
+        }
         Some(object_pb::organization::Org::OrgDomain(_)) => {
             return Err(error::ORG_DOMAIN_UNSUPPORTED.into());
         }

@@ -69,6 +69,10 @@ pub struct Options {
     /// `TOTP_JWKS`; `None` trusts the local signing key.
     pub jwks: Option<String>,
     pub request_timeout: Duration,
+    /// `TOTP_HEADER_READ_TIMEOUT` and `TOTP_BODY_READ_TIMEOUT`.
+    pub read_timeout: Duration,
+    /// `TOTP_DB_QUEUE_CAPACITY`.
+    pub db_queue_capacity: usize,
 }
 
 impl Options {
@@ -82,6 +86,8 @@ impl Options {
             encryption_keys: None,
             jwks: None,
             request_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(10),
+            db_queue_capacity: 4096,
         }
     }
 }
@@ -213,6 +219,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         jwks: options.jwks.clone(),
         token_issuer: ISSUER.to_owned(),
         token_audience: Some(AUDIENCE.to_owned()),
+        token_any_audience: false,
         roles_claim: ROLES_CLAIM.to_owned(),
         otp_issuer: OTP_ISSUER.to_owned(),
         encryption_keys: options.encryption_keys.clone(),
@@ -222,6 +229,10 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
         db_wait: Duration::from_secs(5),
+        header_read_timeout: options.read_timeout,
+        body_read_timeout: options.read_timeout,
+        max_connections: 1024,
+        db_queue_capacity: options.db_queue_capacity,
         cors_origins: vec![],
         log_format: LogFormat::Pretty,
         db_max_connections: Some(4),
