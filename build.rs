@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Timestamps get our own type, whose JSON is RFC 3339 with `Z` as SPEC.md §2 asks.
         .extern_path(".google.protobuf.Timestamp", "crate::proto::Timestamp")
         .extern_path(".google.protobuf", "::pbjson_types")
+        // A request that does not decode is code 3, not tonic-prost's 13 (see the module).
+        .codec_path("crate::transport::codec::ProtoCodec")
         .compile_protos(&protos, &includes)?;
 
     let descriptors = std::fs::read(&descriptor_path)?;

@@ -20,7 +20,7 @@ use crate::domain::clock::Clock;
 use crate::domain::{Service, Settings};
 use crate::store::{self, StoreOptions};
 use crate::transport::auth::{Authenticator, JwksSource, LocalSigningKey, TokenRules};
-use crate::transport::{self, Api, ApiParts};
+use crate::transport::{self, Api, ApiParts, MAX_BODY_BYTES};
 
 const LOCAL_ENCRYPTION_KEY_FILE: &str = "encryption-keys";
 
@@ -40,8 +40,7 @@ pub fn key_ring(config: &Config) -> anyhow::Result<KeyRing> {
     }
     let path = config.data_dir.join(LOCAL_ENCRYPTION_KEY_FILE);
     if !path.exists() {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+        crate::files::create_private_dir(&config.data_dir)?;
         let entry = KeyRing::generate_entry("local-1", &mut rand::rngs::OsRng);
         crate::files::write_private(&path, entry.as_bytes())?;
         tracing::info!(path = %path.display(), "made a local encryption key for TOTP secrets");
@@ -92,8 +91,8 @@ pub async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
 pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
     let url = config.effective_database_url();
     if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+        crate::files::create_private_dir(&config.data_dir)?;
+        crate::files::create_private_file(&config.sqlite_path())?;
     }
     let options = StoreOptions {
         url: url.clone(),
@@ -240,10 +239,14 @@ async fn accept_until(
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's read buffer grows to ~400 KiB by default while a client streams a body: with
+    // many such clients that is most of the service's memory. 64 KiB still holds any request's
+    // headers (their limit too).
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_BODY_BYTES);
     // Pings find peers that vanished without closing; a live but idle HTTP/2 client is held to
     // the connection cap.
     builder

@@ -11,7 +11,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// TOTP second factors as a service, speaking ZITADEL's user service v2 API over REST, gRPC and
 /// gRPC-web on one port.
 #[derive(Parser)]
-#[command(name = "totp-service", version, about)]
+#[command(
+    name = "totp-service",
+    version,
+    about,
+    after_help = "Logging: RUST_LOG sets which log lines are written (default `info`; e.g. \
+                  `warn`, `totp_service=debug,info`); TOTP_LOG_FORMAT sets their format."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -222,8 +228,13 @@ impl Config {
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}/totp.db?mode=rwc", self.data_dir.display()),
+            None => format!("sqlite://{}?mode=rwc", self.sqlite_path().display()),
         }
+    }
+
+    /// The embedded database's file in the data folder (used without `DATABASE_URL`).
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("totp.db")
     }
 
     /// The pool size: the one configured, else 16 on Postgres and 8 on SQLite (a SQLite

@@ -420,8 +420,7 @@ pub struct LocalSigningKey {
 impl LocalSigningKey {
     /// Loads `signing-key.pem` from `data_dir`, making it (and `jwks.json` beside it) on first use.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+        crate::files::create_private_dir(data_dir)?;
         let key_path = data_dir.join(LOCAL_KEY_FILE);
         let signing_key = if key_path.exists() {
             let pem = std::fs::read_to_string(&key_path)

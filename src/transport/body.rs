@@ -49,7 +49,15 @@ pub async fn read_whole(State(timeout): State<Duration>, request: Request, next:
 
 /// The body, if it holds at most [`MAX_BODY_BYTES`].
 async fn read_limited(mut body: Body, drain: bool) -> Result<Bytes, Refusal> {
-    let mut kept: Vec<u8> = Vec::new();
+    // Sized by the announced length, when there is one, so that the buffer never doubles past
+    // the limit.
+    let announced = body.size_hint().exact().unwrap_or(0);
+    if announced > MAX_BODY_BYTES as u64 {
+        // Refused without keeping a byte; only drained.
+        drain_all(body, drain).await?;
+        return Err(Refusal::TooLarge);
+    }
+    let mut kept: Vec<u8> = Vec::with_capacity(announced as usize);
     let mut too_large = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Refusal::Broken)?;
@@ -77,6 +85,16 @@ async fn read_limited(mut body: Body, drain: bool) -> Result<Bytes, Refusal> {
     } else {
         Ok(Bytes::from(kept))
     }
+}
+
+/// Reads the body to its end (over HTTP/1, see [`read_whole`]) without keeping it.
+async fn drain_all(mut body: Body, drain: bool) -> Result<(), Refusal> {
+    if drain {
+        while let Some(frame) = body.frame().await {
+            frame.map_err(|_| Refusal::Broken)?;
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a body not read, in the request's protocol; the connection is closed after it

@@ -68,7 +68,7 @@ impl Codec {
             || Error::Validation("the request body does not decode as the request message".into());
         match self {
             Codec::Json if body.iter().all(u8::is_ascii_whitespace) => Ok(T::default()),
-            Codec::Json => serde_json::from_slice(body).map_err(|_| bad()),
+            Codec::Json => super::decode_json(body).map_err(|_| bad()),
             Codec::Proto => T::decode(body).map_err(|_| bad()),
         }
     }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod codec;
 pub mod connect;
 pub mod grpc;
 pub mod observe;
@@ -80,6 +81,43 @@ impl std::ops::Deref for Api {
 pub(crate) fn log_server_fault(error: &Error) {
     if let Error::Internal(_) = error {
         tracing::error!(error = %error, "request failed");
+    }
+}
+
+/// Reads a request message from its proto3 JSON form, where `null` for any field means the field
+/// is absent. The generated deserializers refuse `null` for plain fields, so a body they refuse
+/// is read again with its `null` members removed (the common body never pays for that); the
+/// first error is the one reported.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    let first_error = match serde_json::from_slice(bytes) {
+        Ok(message) => return Ok(message),
+        Err(error) => error,
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Err(first_error);
+    };
+    if !remove_nulls(&mut value) {
+        return Err(first_error);
+    }
+    serde_json::from_value(value).map_err(|_| first_error)
+}
+
+/// Removes the `null` members of every object in `value`; whether there were any.
+fn remove_nulls(value: &mut serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(members) => {
+            let before = members.len();
+            members.retain(|_, member| !member.is_null());
+            let mut removed = members.len() != before;
+            for member in members.values_mut() {
+                removed |= remove_nulls(member);
+            }
+            removed
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |removed, item| remove_nulls(item) | removed),
+        _ => false,
     }
 }
 
@@ -283,6 +321,8 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
             get(|| async { axum::Json(openapi::document()) }),
         )
         .route("/ui/enroll", get(ui::enroll_page))
+        .route("/ui/enroll.js", get(ui::enroll_script))
+        .route("/ui/enroll.css", get(ui::enroll_style))
         .route("/ui/qr", axum::routing::post(ui::qr_code))
         .method_not_allowed_fallback(rest::method_not_allowed)
         .with_state(api);
@@ -292,7 +332,10 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
     // they carry the token; no field ever holds a secret or a code.
     let trace = TraceLayer::new_for_http()
         .make_span_with(request_span)
-        .on_response(DefaultOnResponse::new().level(Level::INFO));
+        .on_response(DefaultOnResponse::new().level(Level::INFO))
+        // Every answer's status is in the line above; the causes of server faults are logged
+        // where they happen (once per outage for a database that is away), not per response.
+        .on_failure(());
     let full = rest
         .merge(grpc)
         .fallback(rest::not_found)
@@ -343,5 +386,29 @@ impl MakeRequestId for MakeRandomRequestId {
             at += 2;
         }
         HeaderValue::from_bytes(&text).ok().map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::zitadel::user::v2 as user_pb;
+
+    #[test]
+    fn json_null_means_the_field_is_absent() {
+        let request: user_pb::AddHumanUserRequest = decode_json(
+            br#"{"userId": null, "username": null, "profile": {"givenName": "A", "familyName": "B", "nickName": null},
+                "email": {"email": "a@example.com", "isVerified": null}, "organization": null, "totpSecret": null}"#,
+        )
+        .unwrap();
+        assert_eq!(request.user_id, None);
+        assert_eq!(request.profile.unwrap().given_name, "A");
+        assert!(request.organization.is_none());
+        let request: user_pb::VerifyTotpRegistrationRequest =
+            decode_json(br#"{"userId": "u", "code": null}"#).unwrap();
+        assert_eq!(request.code, "");
+        assert!(
+            decode_json::<user_pb::VerifyTotpRegistrationRequest>(br#"{"code": 12,}"#).is_err()
+        );
     }
 }

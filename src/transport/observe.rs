@@ -75,23 +75,75 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 }
             })
             .expect("the metrics upkeep thread starts");
-        metrics::describe_counter!(REQUESTS, "Requests by RPC, protocol and gRPC status code");
-        metrics::describe_histogram!(DURATION, metrics::Unit::Seconds, "Request latency by RPC and protocol");
-        metrics::describe_counter!(
-            CODE_OUTCOMES,
-            "Submitted TOTP codes by RPC (verify, check) and outcome (ok, invalid, replayed, locked)"
-        );
-        metrics::describe_gauge!(DB_CONNECTIONS, "Database pool connections by state (in_use, idle)");
-        metrics::describe_histogram!(
-            WRITE_BATCH_SIZE,
-            "Postgres: commands written per statement by group commit"
-        );
-        metrics::describe_histogram!(
-            READ_BATCH_SIZE,
-            "Postgres: commands' user reads per statement"
-        );
+        for family in FAMILIES {
+            let help = family.help;
+            match family.kind {
+                "counter" => metrics::describe_counter!(family.name, help),
+                "gauge" => metrics::describe_gauge!(family.name, help),
+                _ => metrics::describe_histogram!(family.name, help),
+            }
+        }
         handle
     })
+}
+
+/// A metric family the service exports.
+struct Family {
+    name: &'static str,
+    /// Prometheus's type name.
+    kind: &'static str,
+    help: &'static str,
+}
+
+/// Every family, described once: the exporter takes the help texts from here, and
+/// [`render`] shows each family from the start, before it has a sample.
+const FAMILIES: [Family; 6] = [
+    Family {
+        name: REQUESTS,
+        kind: "counter",
+        help: "Requests by RPC, protocol and gRPC status code",
+    },
+    Family {
+        name: DURATION,
+        kind: "histogram",
+        help: "Request latency in seconds by RPC and protocol",
+    },
+    Family {
+        name: CODE_OUTCOMES,
+        kind: "counter",
+        help: "Submitted TOTP codes by RPC (verify, check) and outcome (ok, invalid, replayed, locked)",
+    },
+    Family {
+        name: DB_CONNECTIONS,
+        kind: "gauge",
+        help: "Database pool connections by state (in_use, idle)",
+    },
+    Family {
+        name: WRITE_BATCH_SIZE,
+        kind: "histogram",
+        help: "Postgres: commands written per statement by group commit",
+    },
+    Family {
+        name: READ_BATCH_SIZE,
+        kind: "histogram",
+        help: "Postgres: commands' user reads per statement",
+    },
+];
+
+/// The Prometheus text of every family: the exporter's samples, and the `HELP` and `TYPE` lines
+/// of the families without one yet (so that dashboards and alerts find every family from the
+/// first scrape).
+pub fn render() -> String {
+    let mut text = prometheus().render();
+    for family in FAMILIES {
+        if !text.contains(&format!("# TYPE {} ", family.name)) {
+            text.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} {}\n",
+                family.name, family.help, family.name, family.kind
+            ));
+        }
+    }
+    text
 }
 
 /// The labels of a request's counter: rpc, protocol and gRPC status code.

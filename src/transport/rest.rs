@@ -5,11 +5,11 @@
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 
 use super::observe::{self, Protocol};
@@ -146,7 +146,7 @@ where
             );
         }
         // The parser's own message may quote the input (a secret or a code): say where, not what.
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|err| {
+        super::decode_json(&bytes).map(JsonBody).map_err(|err| {
             Error::Validation(format!(
                 "invalid JSON body for this request at line {} column {}",
                 err.line(),
@@ -164,10 +164,36 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
     Ok(api.auth.authenticate(header).await?)
 }
 
-/// The `{user_id}` of the path; empty for the `/v2/users//…` form of the same route, so that an
-/// empty id is refused by validation (code 3) as on gRPC, not as an unknown path.
-fn path_user_id(param: Option<Path<String>>) -> String {
-    param.map(|Path(user_id)| user_id).unwrap_or_default()
+/// The `{user_id}` of the path, percent-decoded; empty for the `/v2/users//…` form of the same
+/// route, so that an empty id is refused by validation (code 3) as on gRPC, not as an unknown
+/// path. A path whose id is not UTF-8 once decoded is code 3 with the REST error body.
+struct PathUserId(String);
+
+/// A route whose path names its user without a `{user_id}` segment: `/v2/users/human` is
+/// AddHumanUser for `POST`, and the user whose id is `human` for `GET` and `DELETE`.
+#[derive(Clone, Copy)]
+struct FixedUserId(&'static str);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathUserId {
+    type Rejection = RestError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, RestError> {
+        if let Some(FixedUserId(user_id)) = parts.extensions.get::<FixedUserId>() {
+            return Ok(PathUserId((*user_id).to_owned()));
+        }
+        match Option::<Path<String>>::from_request_parts(parts, state).await {
+            Ok(param) => Ok(PathUserId(
+                param.map(|Path(user_id)| user_id).unwrap_or_default(),
+            )),
+            Err(_) => Err(Error::Validation(
+                "invalid path: the user id is not valid UTF-8 once percent-decoded".to_owned(),
+            )
+            .into()),
+        }
+    }
 }
 
 /// A handler for a call whose request carries `user_id` in the path and the rest in the body.
@@ -176,7 +202,7 @@ macro_rules! with_user_id {
     ($name:ident, $rpc_name:literal, $request:ty, $rpc:path, body) => {
         async fn $name(
             State(api): State<Api>,
-            user_id: Option<Path<String>>,
+            user_id: Result<PathUserId, RestError>,
             headers: HeaderMap,
             body: Result<JsonBody<$request>, RestError>,
         ) -> Result<Response, RestError> {
@@ -184,7 +210,7 @@ macro_rules! with_user_id {
             let result = async {
                 let caller = caller(&api, &headers).await?;
                 let JsonBody(mut request) = body?;
-                request.user_id = path_user_id(user_id);
+                request.user_id = user_id?.0;
                 Ok($rpc(&api.service, &caller, request).await?)
             }
             .await;
@@ -194,14 +220,14 @@ macro_rules! with_user_id {
     ($name:ident, $rpc_name:literal, $request:ty, $rpc:path) => {
         async fn $name(
             State(api): State<Api>,
-            user_id: Option<Path<String>>,
+            user_id: Result<PathUserId, RestError>,
             headers: HeaderMap,
         ) -> Result<Response, RestError> {
             let started = Instant::now();
             let result = async {
                 let caller = caller(&api, &headers).await?;
                 let mut request = <$request>::default();
-                request.user_id = path_user_id(user_id);
+                request.user_id = user_id?.0;
                 Ok($rpc(&api.service, &caller, request).await?)
             }
             .await;
@@ -311,7 +337,12 @@ pub fn routes() -> Router<Api> {
         ("/totp/verify", post(verify_totp)),
         ("/totp/check", post(check_totp)),
     ];
-    let mut router = Router::new().route("/v2/users/human", post(add_human_user));
+    let human = post(add_human_user).merge(
+        get(get_user)
+            .delete(delete_user)
+            .layer(Extension(FixedUserId("human"))),
+    );
+    let mut router = Router::new().route("/v2/users/human", human);
     for (suffix, methods) in per_user {
         router = router
             .route(&format!("/v2/users/{{user_id}}{suffix}"), methods.clone())
@@ -357,7 +388,7 @@ pub async fn metrics(State(api): State<Api>) -> Response {
     metrics::gauge!(observe::DB_CONNECTIONS, "state" => "idle").set(f64::from(connections.idle));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        observe::prometheus().render(),
+        observe::render(),
     )
         .into_response()
 }

@@ -10,16 +10,54 @@ use axum::response::{IntoResponse, Response};
 /// Longest text `POST /ui/qr` draws (an otpauth URI is well under it).
 const MAX_QR_TEXT: usize = 2048;
 
-/// `GET /ui/enroll`.
-pub async fn enroll_page() -> Response {
+/// What the page may load and do: its own script, style and calls, no inline code, no framing
+/// (clickjacking), and nothing else.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// One file of the page, with the headers every one of them gets: no caching, no content-type
+/// guessing, no referrer (the page's address may carry a token in its fragment until the script
+/// removes it).
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
-        include_str!("ui/enroll.html"),
+        body,
     )
         .into_response()
+}
+
+/// `GET /ui/enroll`.
+pub async fn enroll_page() -> Response {
+    let mut page = page_file("text/html; charset=utf-8", include_str!("ui/enroll.html"));
+    let headers = page.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    page
+}
+
+/// `GET /ui/enroll.js`.
+pub async fn enroll_script() -> Response {
+    page_file(
+        "text/javascript; charset=utf-8",
+        include_str!("ui/enroll.js"),
+    )
+}
+
+/// `GET /ui/enroll.css`.
+pub async fn enroll_style() -> Response {
+    page_file("text/css; charset=utf-8", include_str!("ui/enroll.css"))
 }
 
 /// `POST /ui/qr`: the QR code of the body's text, as SVG.

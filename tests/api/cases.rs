@@ -1111,15 +1111,40 @@ pub async fn the_enrolment_page_and_its_qr_codes_are_served(backend: Backend, pr
     let (status, headers, body) = h.rest_raw("GET", "/ui/enroll", &Auth::None, None).await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
     let page = String::from_utf8(body).unwrap();
+    assert!(page.contains(r#"<script src="/ui/enroll.js"></script>"#));
+    assert!(
+        !page.contains("<style") && page.matches("<script").count() == 1,
+        "no inline code"
+    );
+    let (status, headers, script) = h.rest_raw("GET", "/ui/enroll.js", &Auth::None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    let script = String::from_utf8(script).unwrap();
     for needle in [
         "zitadel.user.v2.UserService/RegisterTOTP",
         "zitadel.user.v2.UserService/VerifyTOTPRegistration",
         "application/grpc-web+proto",
         "/ui/qr",
     ] {
-        assert!(page.contains(needle), "the page uses {needle}");
+        assert!(script.contains(needle), "the page uses {needle}");
     }
+    let (status, headers, _) = h.rest_raw("GET", "/ui/enroll.css", &Auth::None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/css; charset=utf-8");
     let user = h.new_user().await;
     let uri = h.register_totp(&h.admin(), &user.id).await.unwrap().uri;
     let (status, headers, svg) = h

@@ -6,14 +6,17 @@
 mod abuse;
 mod binary;
 mod cases;
+mod hardening;
 mod lifecycle;
 mod logs;
 mod openapi;
+mod process;
 mod support;
 mod tokens;
 
 use abuse::*;
 use cases::*;
+use hardening::*;
 use openapi::*;
 use tokens::*;
 
@@ -91,6 +94,13 @@ every_protocol_and_backend!([
     parallel_changes_of_every_kind_each_land_whole,
     tokens_verify_against_a_jwks_url,
     tokens_verify_against_a_jwks_file,
+    tokens_must_name_the_audience_and_have_sane_times,
+    control_characters_are_refused_in_every_stored_or_looked_up_string,
+    a_locked_user_cannot_register_or_remove_its_own_totp,
+    self_service_needs_the_users_organisation_when_the_token_names_one,
+    malformed_messages_are_invalid_argument,
+    a_full_database_queue_answers_resource_exhausted_at_once,
+    oversized_bodies_are_refused_in_the_protocol_at_any_size,
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.
@@ -111,7 +121,18 @@ matrix!(
         openapi_document_matches_live_responses,
         grpc_health_and_reflection_answer_without_a_token,
         the_enrolment_page_and_its_qr_codes_are_served,
+        json_null_means_the_field_is_absent,
+        get_and_delete_on_users_human_address_the_user_named_human,
+        a_path_that_is_not_utf8_is_a_validation_error,
+        health_and_reflection_take_at_most_64_kib_too,
+        silent_and_slow_clients_are_cut_off_after_the_read_timeouts,
     ]
+);
+matrix!(
+    sqlite_connect_only,
+    Sqlite,
+    Connect,
+    [json_null_means_the_field_is_absent]
 );
 matrix!(
     postgres_rest_only,
@@ -120,6 +141,8 @@ matrix!(
     [
         rest_accepts_snake_case_and_camel_case_keys,
         rest_path_user_id_wins_over_body,
+        json_null_means_the_field_is_absent,
+        get_and_delete_on_users_human_address_the_user_named_human,
     ]
 );
 
@@ -128,11 +151,17 @@ matrix!(
     postgres_storage_only,
     Postgres,
     Grpc,
-    [a_batch_aborted_to_break_a_deadlock_is_decided_again]
+    [
+        a_batch_aborted_to_break_a_deadlock_is_decided_again,
+        a_request_the_database_refuses_fails_no_other,
+    ]
 );
 matrix!(
     postgres_uncached_storage_only,
     PostgresUncached,
     Grpc,
-    [a_batch_aborted_to_break_a_deadlock_is_decided_again]
+    [
+        a_batch_aborted_to_break_a_deadlock_is_decided_again,
+        a_request_the_database_refuses_fails_no_other,
+    ]
 );

@@ -166,7 +166,7 @@ impl Auth {
         Auth::Header(format!("Bearer {token}"))
     }
 
-    fn header(&self) -> Option<&str> {
+    pub fn header(&self) -> Option<&str> {
         match self {
             Auth::None => None,
             Auth::Header(value) => Some(value),
@@ -727,6 +727,27 @@ impl Harness {
             })
     }
 
+    /// Sends `message` as raw bytes on native gRPC (HTTP/2) to `/<method>`; the status code and
+    /// message of the answer (0 when it succeeded).
+    pub async fn grpc_raw(&self, method: &str, auth: &Auth, message: Vec<u8>) -> (i32, String) {
+        let channel = self.grpc_channel().await;
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.expect("gRPC ready");
+        let mut request = tonic::Request::new(message);
+        if let Some(header) = auth.header() {
+            request
+                .metadata_mut()
+                .insert("authorization", header.parse().expect("ASCII header"));
+        }
+        let Ok(path) = PathAndQuery::try_from(format!("/{method}")) else {
+            return (-1, "not a path".into());
+        };
+        match client.unary(request, path, RawCodec).await {
+            Ok(_) => (0, String::new()),
+            Err(status) => (status.code() as i32, status.message().to_owned()),
+        }
+    }
+
     async fn grpc_web_call<Req, Resp>(
         &self,
         method: &str,
@@ -960,4 +981,53 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8(out).expect("UTF-8 grpc-message")
+}
+
+/// A gRPC codec that sends and receives message bytes as they are (for malformed messages).
+#[derive(Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut bytes = vec![0; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
 }

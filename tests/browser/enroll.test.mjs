@@ -19,7 +19,21 @@ if (added.status !== 200) fail("adding the user: HTTP " + added.status);
 const browser = await chromium.launch(chromiumOptions);
 try {
   const page = await browser.newPage();
-  await page.goto(`${base}/ui/enroll#token=${encodeURIComponent(token)}&user=${encodeURIComponent(user)}`);
+  // The page must work under its own Content-Security-Policy: any violation fails the test.
+  const violations = [];
+  page.on("console", (message) => {
+    if (message.text().includes("Content Security Policy")) violations.push(message.text());
+  });
+  const response = await page.goto(`${base}/ui/enroll#token=${encodeURIComponent(token)}&user=${encodeURIComponent(user)}`);
+  const headersSeen = response.headers();
+  const csp = headersSeen["content-security-policy"] || "";
+  if (!csp.includes("frame-ancestors 'none'") || csp.includes("unsafe-inline")) fail("CSP: " + csp);
+  if (headersSeen["x-content-type-options"] !== "nosniff") fail("no nosniff header");
+  if (headersSeen["referrer-policy"] !== "no-referrer") fail("no no-referrer header");
+  // The token is read from the fragment, then removed from the address bar.
+  await page.waitForFunction(() => location.hash === "", null, { timeout: 5000 });
+  if (page.url().includes("token")) fail("the token stays in the address: " + page.url());
+  if ((await page.inputValue("#token")) !== token) fail("the token was not read from the fragment");
   await page.click("#register");
   await page.waitForSelector("#scan:not([hidden])", { timeout: 10000 });
   const uri = await page.textContent("#uri");
@@ -39,6 +53,7 @@ try {
   await page.fill("#code", totp(secret));
   await page.click("#verify");
   await page.waitForFunction(() => document.getElementById("status").textContent === "Your authenticator is set up.", null, { timeout: 10000 });
+  if (violations.length) fail("Content-Security-Policy violations: " + violations.join("; "));
 } finally {
   await browser.close();
 }
