@@ -99,6 +99,10 @@ pub const OVERLOADED: Rejection = rejection(
     "The service is overloaded, try again later",
 );
 
+/// A Connect call to a path that names no procedure of ours.
+pub const NO_SUCH_METHOD: Rejection =
+    rejection(Code::Unimplemented, "CONNECT-n0rpc", "No such method");
+
 /// An oversized Connect body: RESOURCE_EXHAUSTED, as gRPC answers it.
 pub const BODY_TOO_LARGE: Rejection = rejection(
     Code::ResourceExhausted,

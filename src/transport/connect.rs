@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 
 use super::observe::{self, Protocol};
 use super::{Api, MAX_BODY_BYTES, rpc};
-use crate::domain::error::{Code, Error};
+use crate::domain::error::{self, Code, Error};
 use crate::domain::types::Caller;
 use crate::proto::zitadel::v1::ErrorDetail;
 
@@ -173,6 +173,11 @@ pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> 
     let Some(codec) = Codec::of(request.headers()) else {
         return next.run(request).await;
     };
+    if request.method() != http::Method::POST {
+        let mut response = error_response(&Error::Rejected(error::NO_SUCH_METHOD));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return response;
+    }
     let started = Instant::now();
     let path = request.uri().path().to_owned();
     let header = request
@@ -188,11 +193,11 @@ pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> 
         Err(_) => return error_response(&Error::Rejected(crate::domain::error::BODY_TOO_LARGE)),
     };
     let Some((rpc_name, result)) = dispatch(&api, &caller, &path, codec, &body).await else {
-        return error_response(&Error::Rejected(crate::domain::error::Rejection {
-            code: Code::Unimplemented,
-            id: "CONNECT-n0rpc",
-            message: "No such method",
-        }));
+        // A path with no procedure: HTTP 404 as Connect servers answer it (their router finds no
+        // handler), with the `unimplemented` code Connect clients read from a 404.
+        let mut response = error_response(&Error::Rejected(error::NO_SUCH_METHOD));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
     };
     observe::finish(rpc_name, Protocol::Connect, started, result.as_ref().err());
     match result {

@@ -301,16 +301,23 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
     grpc = add_grpc_web(grpc, totp.clone());
     grpc = add_grpc_web(grpc, health_service.clone());
     grpc = add_grpc_web(grpc, reflection.clone());
-    let grpc = grpc.layer(axum::middleware::from_fn_with_state(
-        api.clone(),
-        connect::intercept,
-    ));
+    let grpc = grpc
+        .layer(axum::middleware::map_response(
+            codec::client_mistakes_are_invalid_argument,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            connect::intercept,
+        ));
 
     let mut native_grpc = Router::new();
     native_grpc = add_grpc(native_grpc, users);
     native_grpc = add_grpc(native_grpc, totp);
     native_grpc = add_grpc(native_grpc, health_service);
     native_grpc = add_grpc(native_grpc, reflection);
+    let native_grpc = native_grpc.layer(axum::middleware::map_response(
+        codec::client_mistakes_are_invalid_argument,
+    ));
 
     let rest = rest::routes()
         .route("/healthz", get(rest::healthz))

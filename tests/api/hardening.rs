@@ -250,6 +250,24 @@ pub async fn malformed_messages_are_invalid_argument(backend: Backend, protocol:
         };
         assert_eq!(code, 3, "{message:?}");
     }
+    // What tonic refuses before any service sees it: a request without a message, and a
+    // malformed message to the health service, which has a codec of its own.
+    let health = "grpc.health.v1.Health/Check";
+    match protocol {
+        Protocol::Grpc => {
+            assert_eq!(h.grpc_raw(health, &Auth::None, vec![0x0a, 0x7f]).await.0, 3);
+        }
+        Protocol::GrpcWeb => {
+            for (path, body) in [
+                (method, Vec::new()),
+                (health, totp_service::grpc_web::frame(&[0x0a, 0x7f])),
+            ] {
+                let (_, headers, bytes) = h.grpc_web_raw(path, &admin, body).await;
+                assert_eq!(grpc_web_status(&headers, &bytes), 3, "{path}");
+            }
+        }
+        Protocol::Rest | Protocol::Connect => {}
+    }
 }
 
 /// The `grpc-status` of a gRPC-web answer (trailer frame or headers).
@@ -388,12 +406,11 @@ pub async fn get_and_delete_on_users_human_address_the_user_named_human(
         org: unique("org"),
         email: "human@example.com".into(),
     };
-    // One database is shared by the Postgres tests: the user may be left from an earlier run.
-    let _ = h.delete_user(&admin, "human").await;
-    match h.add_human_user(&admin, human_request(&user)).await {
-        Ok(_) => {}
-        Err(error) => assert_eq!(error.code, 6, "{error:?}"),
-    }
+    // (Routing does not depend on the database; this runs on SQLite, whose file is the test's
+    // own, so that the id `human` is free.)
+    h.add_human_user(&admin, human_request(&user))
+        .await
+        .unwrap();
     let (status, _, bytes) = h.rest_raw("GET", "/v2/users/human", &admin, None).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     let shown: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
@@ -626,4 +643,47 @@ pub async fn silent_and_slow_clients_are_cut_off_after_the_read_timeouts(
     // Meanwhile and after, the service answers.
     let user = h.new_user().await;
     h.get_user(&h.admin(), &user.id).await.unwrap();
+}
+
+/// At most `TOTP_MAX_CONNECTIONS` connections are served at once: the next client waits (in the
+/// kernel's backlog) until one ends, here when the header timeout cuts off a silent one.
+pub async fn connections_beyond_the_cap_wait_for_a_free_place(
+    backend: Backend,
+    protocol: Protocol,
+) {
+    let mut options = Options::new(backend, protocol);
+    options.max_connections = 3;
+    options.read_timeout = Duration::from_secs(2);
+    let h = Harness::start(options).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        silent.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/healthz", h.addr);
+    let early = client
+        .get(&url)
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    assert!(early.is_err(), "served beyond the cap: {early:?}");
+    let later = client
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("served once a place was free");
+    assert_eq!(later.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    drop(silent);
 }

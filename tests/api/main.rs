@@ -6,6 +6,7 @@
 mod abuse;
 mod binary;
 mod cases;
+mod fuzz;
 mod hardening;
 mod lifecycle;
 mod logs;
@@ -16,6 +17,7 @@ mod tokens;
 
 use abuse::*;
 use cases::*;
+use fuzz::*;
 use hardening::*;
 use openapi::*;
 use tokens::*;
@@ -101,6 +103,7 @@ every_protocol_and_backend!([
     malformed_messages_are_invalid_argument,
     a_full_database_queue_answers_resource_exhausted_at_once,
     oversized_bodies_are_refused_in_the_protocol_at_any_size,
+    random_requests_never_get_a_server_error,
 ]);
 
 // REST-only cases: JSON forms, bodies and routing.
@@ -126,6 +129,7 @@ matrix!(
         a_path_that_is_not_utf8_is_a_validation_error,
         health_and_reflection_take_at_most_64_kib_too,
         silent_and_slow_clients_are_cut_off_after_the_read_timeouts,
+        connections_beyond_the_cap_wait_for_a_free_place,
     ]
 );
 matrix!(
@@ -142,7 +146,6 @@ matrix!(
         rest_accepts_snake_case_and_camel_case_keys,
         rest_path_user_id_wins_over_body,
         json_null_means_the_field_is_absent,
-        get_and_delete_on_users_human_address_the_user_named_human,
     ]
 );
 

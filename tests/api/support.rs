@@ -73,6 +73,8 @@ pub struct Options {
     pub read_timeout: Duration,
     /// `TOTP_DB_QUEUE_CAPACITY`.
     pub db_queue_capacity: usize,
+    /// `TOTP_MAX_CONNECTIONS`.
+    pub max_connections: usize,
 }
 
 impl Options {
@@ -88,6 +90,7 @@ impl Options {
             request_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
             db_queue_capacity: 4096,
+            max_connections: 1024,
         }
     }
 }
@@ -231,7 +234,7 @@ pub fn config_for(options: &Options, data_dir: &std::path::Path) -> Config {
         db_wait: Duration::from_secs(5),
         header_read_timeout: options.read_timeout,
         body_read_timeout: options.read_timeout,
-        max_connections: 1024,
+        max_connections: options.max_connections,
         db_queue_capacity: options.db_queue_capacity,
         cors_origins: vec![],
         log_format: LogFormat::Pretty,

@@ -157,4 +157,65 @@ pub async fn grpc_health_and_reflection_answer_without_a_token(
         names.contains(&"totpservice.v1.TOTPService".to_owned()),
         "{names:?}"
     );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+/// Serves `router` on 127.0.0.1; its base URL.
+async fn serve_router(router: axum::Router) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
+/// A JWKS URL is fetched without following redirects (the keys must come from the configured
+/// place) and without reading more than 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_urls_are_not_redirected_nor_read_past_one_mib() {
+    use totp_service::transport::auth::{Authenticator, JwksSource};
+    let keys = jwks_json();
+    let padding = "x".repeat(1024 * 1024);
+    let oversized = format!(r#"{},"padding":"{padding}"}}"#, keys.trim_end_matches('}'));
+    let base = serve_router(
+        axum::Router::new()
+            .route(
+                "/keys",
+                axum::routing::get(move || {
+                    let keys = keys.clone();
+                    async move { keys }
+                }),
+            )
+            .route(
+                "/moved",
+                axum::routing::get(|| async { axum::response::Redirect::permanent("/keys") }),
+            )
+            .route(
+                "/huge",
+                axum::routing::get(move || {
+                    let oversized = oversized.clone();
+                    async move { oversized }
+                }),
+            ),
+    )
+    .await;
+    let rules = totp_service::transport::auth::TokenRules {
+        issuer: ISSUER.into(),
+        audience: Some(AUDIENCE.into()),
+        roles_claim: ROLES_CLAIM.into(),
+    };
+    let open = |path: &str| {
+        let source = JwksSource::parse(&format!("{base}{path}")).unwrap();
+        Authenticator::new(source, rules.clone())
+    };
+    assert!(open("/keys").await.is_ok());
+    let redirected = open("/moved").await.err().expect("a redirect is refused");
+    assert!(format!("{redirected:#}").contains("308"), "{redirected:#}");
+    let huge = open("/huge")
+        .await
+        .err()
+        .expect("a body over 1 MiB is refused");
+    assert!(format!("{huge:#}").contains("larger than"), "{huge:#}");
 }
