@@ -595,6 +595,83 @@ mod tests {
         ));
     }
 
+    /// A writer of log lines into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_refreshes_keep_the_keys_and_are_logged_once_per_spell() {
+        let local = LocalSigningKey::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let keys = local.jwks_json().to_string();
+        let failing = Arc::new(AtomicBool::new(false));
+        let fails = failing.clone();
+        let router = axum::Router::new().route(
+            "/keys",
+            axum::routing::get(move || {
+                let (keys, fails) = (keys.clone(), fails.clone());
+                async move {
+                    if fails.load(Ordering::SeqCst) {
+                        Err(http::StatusCode::SERVICE_UNAVAILABLE)
+                    } else {
+                        Ok(keys)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let rules = TokenRules {
+            issuer: "issuer".into(),
+            audience: Some("ours".into()),
+            roles_claim: "roles".into(),
+        };
+        let source = JwksSource::parse(&format!("http://{address}/keys")).unwrap();
+        let auth = Authenticator::new(source, rules.clone()).await.unwrap();
+        let claims = token_claims(&rules, "someone", &[], None, Duration::from_secs(60));
+        let token = local.sign(&claims).unwrap();
+        let header = format!("Bearer {token}");
+
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        // Makes the next authentication refresh the keys.
+        let refresh_due = |auth: &Authenticator| {
+            auth.cache.write().unwrap().fetched_at = Instant::now() - JWKS_REFRESH;
+            auth.verified.write().unwrap().by_token.clear();
+        };
+        failing.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            refresh_due(&auth);
+            assert!(auth.authenticate(Some(&header)).await.is_ok(), "keys kept");
+        }
+        failing.store(false, Ordering::SeqCst);
+        refresh_due(&auth);
+        assert!(auth.authenticate(Some(&header)).await.is_ok());
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("JWKS refresh failed").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("JWKS refresh works again").count(),
+            1,
+            "{text}"
+        );
+    }
+
     #[test]
     fn jwks_urls_must_be_https_except_on_loopback() {
         assert!(JwksSource::parse("https://idp.example/keys").is_ok());

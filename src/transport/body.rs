@@ -97,8 +97,7 @@ async fn drain_all(mut body: Body, drain: bool) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The answer to a body not read, in the request's protocol; the connection is closed after it
-/// when the body was not read to its end.
+/// The answer to a body not read, in the request's protocol.
 fn refuse(parts: &http::request::Parts, refusal: Refusal) -> Response {
     let (error, status) = match refusal {
         Refusal::TooLarge => (
@@ -126,7 +125,9 @@ fn refuse(parts: &http::request::Parts, refusal: Refusal) -> Response {
     } else {
         super::rest::RestError::with_status(error, status).into_response()
     };
-    if refusal != Refusal::TooLarge || parts.version < http::Version::HTTP_2 {
+    // An HTTP/1 body not read to its end leaves the connection unusable (an oversized one was
+    // drained, see `read_whole`); HTTP/2 has no such header, and ends just the stream.
+    if refusal != Refusal::TooLarge && parts.version < http::Version::HTTP_2 {
         response
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -190,7 +190,7 @@ pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> 
     };
     let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(_) => return error_response(&Error::Rejected(crate::domain::error::BODY_TOO_LARGE)),
+        Err(_) => return error_response(&Error::Rejected(error::BODY_TOO_LARGE)),
     };
     let Some((rpc_name, result)) = dispatch(&api, &caller, &path, codec, &body).await else {
         // A path with no procedure: HTTP 404 as Connect servers answer it (their router finds no
