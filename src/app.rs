@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, redact_url};
 use crate::crypto::KeyRing;
 use crate::domain::clock::Clock;
+use crate::domain::store::Store;
 use crate::domain::{Service, Settings};
 use crate::store::{self, StoreOptions};
 use crate::transport::auth::{Authenticator, JwksSource, LocalSigningKey, TokenRules};
@@ -87,8 +88,9 @@ pub async fn authenticator(config: &Config) -> anyhow::Result<Authenticator> {
     Authenticator::new(source, token_rules(config)).await
 }
 
-/// Opens (and migrates) the database of a configuration.
-pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
+/// Opens (and migrates) the database of a configuration, waiting up to `TOTP_DB_WAIT` for it to
+/// answer.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = config.effective_database_url();
     if config.database_url.is_none() {
         crate::files::create_private_dir(&config.data_dir)?;
@@ -96,7 +98,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
     }
     let options = StoreOptions {
         url: url.clone(),
-        max_connections: config.effective_db_max_connections(),
+        max_connections: config.db_max_connections,
         acquire_timeout: Duration::from_secs(5),
         // Twice the request timeout: a stuck write is abandoned by its request first, and then
         // gives the writer back.
@@ -106,24 +108,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<store::SqlStore> {
     };
     // A database that starts beside the service may not answer yet: wait for it, saying so.
     let started = Instant::now();
-    let connected = loop {
-        match store::connect(&options).await {
-            Ok(connected) => break connected,
+    let store = loop {
+        match store::open(&options).await {
+            Ok(store) => break store,
             Err(err) if started.elapsed() < config.db_wait => {
                 tracing::warn!(database = %redact_url(&url), error = %err, "database not reachable yet; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(err) => {
-                return Err(err.context(format!("connecting to the database {}", redact_url(&url))));
+                return Err(err.context(format!("opening the database {}", redact_url(&url))));
             }
         }
     };
-    connected
-        .migrate()
-        .await
-        .context("applying the migrations")?;
     tracing::info!(database = %redact_url(&url), "database ready");
-    Ok(connected)
+    Ok(store)
 }
 
 /// The domain service of a configuration: store (migrated), keys and rules.
@@ -135,12 +133,7 @@ pub async fn domain_service(config: &Config, clock: Arc<dyn Clock>) -> anyhow::R
         lockout_duration: (!config.lockout_duration.is_zero()).then_some(config.lockout_duration),
         request_timeout: config.request_timeout,
     };
-    Ok(Service::new(
-        Arc::new(store),
-        clock,
-        key_ring(config)?,
-        settings,
-    ))
+    Ok(Service::new(store, clock, key_ring(config)?, settings))
 }
 
 /// A built service, ready to serve.

@@ -236,17 +236,6 @@ impl Config {
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("totp.db")
     }
-
-    /// The pool size: the one configured, else 16 on Postgres and 8 on SQLite (a SQLite
-    /// connection has a thread and a page cache of its own, and only one writes at a time).
-    pub fn effective_db_max_connections(&self) -> u32 {
-        self.db_max_connections.unwrap_or_else(|| {
-            match crate::store::Dialect::of_url(&self.effective_database_url()) {
-                Some(crate::store::Dialect::Sqlite) => 8,
-                _ => 16,
-            }
-        })
-    }
 }
 
 /// Query parameters whose values are secrets (libpq's and sqlx's names for a password).
@@ -336,7 +325,7 @@ impl fmt::Debug for Config {
             .field("db_queue_capacity", &self.db_queue_capacity)
             .field("cors_origins", &self.cors_origins)
             .field("log_format", &self.log_format)
-            .field("db_max_connections", &self.effective_db_max_connections())
+            .field("db_max_connections", &self.db_max_connections)
             .field("user_cache_size", &self.user_cache_size)
             .finish()
     }
@@ -427,35 +416,5 @@ mod tests {
             "https://idp.example/keys"
         );
         assert_eq!(redact_jwks("/etc/jwks.json"), "/etc/jwks.json");
-    }
-
-    #[test]
-    fn pool_size_defaults_by_database_and_yields_to_the_setting() {
-        let pool = |args: &[&str]| {
-            let mut argv = vec!["totp-service"];
-            argv.extend_from_slice(args);
-            Cli::parse_from(argv).config.effective_db_max_connections()
-        };
-        // (URLs given explicitly: the test command sets DATABASE_URL.)
-        assert_eq!(pool(&["--database-url", "sqlite://data/totp.db"]), 8);
-        assert_eq!(pool(&["--database-url", "postgres://app@db/totp"]), 16);
-        assert_eq!(
-            pool(&[
-                "--database-url",
-                "sqlite://data/totp.db",
-                "--db-max-connections",
-                "3"
-            ]),
-            3
-        );
-        assert_eq!(
-            pool(&[
-                "--database-url",
-                "postgres://app@db/totp",
-                "--db-max-connections",
-                "40"
-            ]),
-            40
-        );
     }
 }

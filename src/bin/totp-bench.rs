@@ -968,13 +968,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 // ---- the SQLite ceiling -------------------------------------------------------------------------
 
 async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
-    use totp_service::domain::store::Store as _;
     use totp_service::store::{self, StoreOptions};
     let url = format!("sqlite://{}?mode=rwc", args.path.display());
     // The service's schema and settings (WAL is kept in the file), then a plain sqlx pool.
     store::open(&StoreOptions {
         url: url.clone(),
-        max_connections: 1,
+        max_connections: Some(1),
         acquire_timeout: Duration::from_secs(30),
         write_timeout: Duration::from_secs(30),
         cache_capacity: 0,

@@ -659,7 +659,7 @@ impl Service {
         let user = snapshot.user;
         Ok(UserView {
             locked: user.is_locked_at(self.clock.now()),
-            details: details_of(&user),
+            details: user.details(),
             user,
         })
     }
@@ -756,15 +756,6 @@ fn existing(snapshot: Option<Snapshot>) -> Result<Snapshot, Error> {
     snapshot
         .filter(|s| s.user.state != UserState::Deleted)
         .ok_or(Error::Rejected(error::USER_NOT_FOUND))
-}
-
-/// The details of a user's latest state.
-pub fn details_of(user: &UserRecord) -> Details {
-    Details {
-        sequence: user.sequence,
-        change_date: user.change_date,
-        resource_owner: user.resource_owner.clone(),
-    }
 }
 
 /// A numeric id in ZITADEL's style (18 digits).

@@ -204,6 +204,17 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
+    /// The details a change of this user answers with.
+    pub fn details(&self) -> Details {
+        Details {
+            sequence: self.sequence,
+            change_date: self.change_date,
+            resource_owner: self.resource_owner.clone(),
+        }
+    }
+}
+
+impl UserRecord {
     /// Whether the user is locked at `now` (an automatic lock ends by itself).
     pub fn is_locked_at(&self, now: Timestamp) -> bool {
         self.state == UserState::Locked && self.locked_until.is_none_or(|until| until > now)

@@ -13,13 +13,15 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Dialect;
+use super::classify;
+use crate::domain::error::Error;
 
 /// Up to `max` open connections to one database.
 #[derive(Debug)]
 pub struct Connections {
     url: String,
-    dialect: Dialect,
+    /// Statements run on every new connection (SQLite's settings).
+    setup: &'static [&'static str],
     idle: Mutex<Vec<AnyConnection>>,
     /// One permit per connection that may be open; a lease holds one.
     permits: Arc<Semaphore>,
@@ -37,17 +39,18 @@ pub struct Lease<'pool> {
 }
 
 impl Connections {
-    /// Opens one connection to check that the database answers; it stays idle in the pool.
+    /// Opens one connection to check that the database answers; it stays idle in the pool. Every
+    /// new connection runs `setup` first.
     pub async fn open(
         url: &str,
-        dialect: Dialect,
+        setup: &'static [&'static str],
         max: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, sqlx::Error> {
-        let first = connect(url, dialect).await?;
+        let first = connect(url, setup).await?;
         Ok(Connections {
             url: url.to_owned(),
-            dialect,
+            setup,
             idle: Mutex::new(vec![first]),
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
@@ -70,13 +73,31 @@ impl Connections {
         let idle = self.idle.lock().expect("pool lock").pop();
         let connection = match idle {
             Some(connection) => connection,
-            None => connect(&self.url, self.dialect).await?,
+            None => connect(&self.url, self.setup).await?,
         };
         Ok(Lease {
             connection: Some(connection),
             home: self,
             _permit: permit,
         })
+    }
+
+    /// Runs `work` on a pooled connection. After a database failure the connection's state is
+    /// unknown (a half-read answer, an open transaction), so it is dropped instead of reused; a
+    /// domain refusal leaves it clean.
+    pub async fn with<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut lease = self
+            .acquire()
+            .await
+            .map_err(|e| classify("taking a database connection", e))?;
+        let result = work(lease.connection()).await;
+        if result.as_ref().is_err_and(Error::is_server_fault) {
+            lease.discard();
+        }
+        result
     }
 
     /// (in use, idle) connections.
@@ -122,19 +143,11 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// A new connection, with SQLite's per-connection settings.
-async fn connect(url: &str, dialect: Dialect) -> Result<AnyConnection, sqlx::Error> {
+/// A new connection, set up.
+async fn connect(url: &str, setup: &[&str]) -> Result<AnyConnection, sqlx::Error> {
     let mut connection = AnyConnection::connect(url).await?;
-    if dialect == Dialect::Sqlite {
-        // WAL lets readers run beside the single writer; the busy timeout makes a second writer
-        // (another process on the same file) wait for BEGIN IMMEDIATE instead of failing at once.
-        connection.execute("PRAGMA journal_mode = WAL").await?;
-        connection.execute("PRAGMA busy_timeout = 10000").await?;
-        connection.execute("PRAGMA foreign_keys = ON").await?;
-        // 1 MiB of page cache per connection instead of SQLite's 2 MiB: a command touches a few
-        // pages found by primary key, and the pool's page caches were a large share of the
-        // process's memory (peak RSS of a full benchmark pass 62.8 -> 59.2 MiB).
-        connection.execute("PRAGMA cache_size = -1024").await?;
+    for statement in setup {
+        connection.execute(*statement).await?;
     }
     Ok(connection)
 }

@@ -1,70 +1,34 @@
-//! Storage adapters. [`open`] picks the database from the URL scheme (`postgres://` or
-//! `sqlite://`), runs the migrations and returns the domain's [`Store`](crate::domain::store::Store).
-//!
-//! One implementation ([`sql::SqlStore`]) serves both databases through sqlx's `Any` driver, over
-//! our own small pool ([`connections`]); the SQL is the same but for the commands' reads and
-//! conditional writes, which on Postgres are grouped with those of concurrent commands into shared
-//! statements ([`batch_read`], [`batch`]; native driver for array parameters) and on SQLite into
-//! shared transactions (in [`sql`]). [`Dialect`] decides the differences in one place. Recently
-//! seen users' state is kept in process ([`cache`]) to spare a command its read.
+//! Storage adapters of the domain's [`Store`] port, one per database: [`postgres`] (grouped reads
+//! and group commit on connections of their own) and [`sqlite`] (the embedded default, its own
+//! group commit). What both share: the SQL that is the same on both and the mapping between rows
+//! and the domain's records ([`rows`]), the optimistic command cycle ([`optimistic`]), the cache
+//! of recently seen users ([`cache`]) and a small connection pool ([`connections`]). [`open`]
+//! picks the database from the URL's scheme.
 
-pub mod batch;
-pub mod batch_read;
 pub mod cache;
-pub mod connections;
-pub mod sql;
+mod connections;
+mod optimistic;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::migrate::Migrator;
-
 use crate::domain::Error;
+use crate::domain::store::Store;
 
-pub use sql::SqlStore;
-
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// The database behind a URL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    Postgres,
-    Sqlite,
-}
-
-impl Dialect {
-    /// The dialect of `url`, or `None` for an unsupported scheme.
-    pub fn of_url(url: &str) -> Option<Self> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Dialect::Postgres)
-        } else if url.starts_with("sqlite:") {
-            Some(Dialect::Sqlite)
-        } else {
-            None
-        }
-    }
-
-    fn migrator(self) -> &'static Migrator {
-        match self {
-            Dialect::Postgres => &POSTGRES_MIGRATIONS,
-            Dialect::Sqlite => &SQLITE_MIGRATIONS,
-        }
-    }
-}
-
-/// Postgres: the queues that group concurrent reads, and concurrent commands (read, decide,
-/// write), into shared statements.
-#[derive(Clone, Debug)]
-pub struct Grouped {
-    pub reads: batch_read::GroupRead,
-    pub writes: batch::GroupCommit,
-}
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
 
 /// How to reach the database.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
+    /// `postgres://…` or `sqlite:…`.
     pub url: String,
-    pub max_connections: u32,
+    /// Most pooled connections; `None`: the database's default ([`postgres::DEFAULT_POOL_SIZE`],
+    /// [`sqlite::DEFAULT_POOL_SIZE`]).
+    pub max_connections: Option<u32>,
     pub acquire_timeout: Duration,
     /// Postgres: longest a group-commit statement may run (e.g. waiting on a row lock held by a
     /// foreign session) before it fails, so that one stuck write cannot hold up the others.
@@ -76,64 +40,17 @@ pub struct StoreOptions {
     pub queue_capacity: usize,
 }
 
-/// Connects, migrates, and returns the store.
-pub async fn open(options: &StoreOptions) -> anyhow::Result<SqlStore> {
-    let store = connect(options).await?;
-    store.migrate().await?;
-    Ok(store)
-}
-
-/// Connects without migrating.
-pub async fn connect(options: &StoreOptions) -> anyhow::Result<SqlStore> {
+/// Connects to the database of `options.url` (Postgres or SQLite, by its scheme) and applies
+/// its pending migrations.
+pub async fn open(options: &StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     sqlx::any::install_default_drivers();
-    let dialect = Dialect::of_url(&options.url).ok_or_else(|| {
-        anyhow::anyhow!("DATABASE_URL must start with postgres:// or sqlite: (got another scheme)")
-    })?;
-    let connections = connections::Connections::open(
-        &options.url,
-        dialect,
-        options.max_connections,
-        options.acquire_timeout,
-    )
-    .await?;
-    let grouped = if dialect == Dialect::Postgres {
-        Some(Grouped {
-            reads: batch_read::GroupRead::start(
-                &options.url,
-                options.write_timeout,
-                options.queue_capacity,
-            ),
-            writes: batch::GroupCommit::start(
-                &options.url,
-                options.write_timeout,
-                options.queue_capacity,
-            )
-            .map_err(|e| anyhow::anyhow!("starting the database writer: {e}"))?,
-        })
+    let url = options.url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(options).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(options).await?))
     } else {
-        None
-    };
-    Ok(SqlStore::new(
-        connections,
-        dialect,
-        grouped,
-        cache::SnapshotCache::new(options.cache_capacity),
-        options.queue_capacity,
-    ))
-}
-
-impl SqlStore {
-    /// Applies the pending migrations of this store's dialect.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        let migrator = self.dialect().migrator();
-        self.with_connection(async |conn| {
-            migrator
-                .run(conn)
-                .await
-                .map_err(|e| Error::Internal(format!("applying the migrations: {e}")))
-        })
-        .await?;
-        Ok(())
+        anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite: (got another scheme)")
     }
 }
 

@@ -10,8 +10,8 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Error;
-use crate::store::batch::WRITE_BATCH_SIZE;
-use crate::store::batch_read::READ_BATCH_SIZE;
+use crate::store::postgres::reader::READ_BATCH_SIZE;
+use crate::store::postgres::writer::WRITE_BATCH_SIZE;
 
 /// How a request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

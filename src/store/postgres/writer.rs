@@ -1,4 +1,4 @@
-//! Group commit for Postgres: the conditional writes of concurrent commands travel together.
+//! Group commit: the conditional writes of concurrent commands travel together.
 //!
 //! Each command's write is still all-or-nothing and still conditional on the user's `version`,
 //! but the writes that queue up while a statement is in flight go out as the next statement: one
@@ -19,25 +19,24 @@
 //! A command on a user the service has not seen lately (not in the user cache) comes to the
 //! writer undecided ([`GroupCommit::read_decide_write`]): each cycle, the writer reads such users
 //! in one statement, runs the domain's decisions on its own thread (a few microseconds each), and
-//! writes them with the cycle's other writes. Reading elsewhere first cost each such command a
-//! second queue, more task wake-ups and a reader's own round trip: on gRPC verifications at 32
-//! clients, per 1,000 requests, service CPU 73–81 → 57–67 ms and Postgres CPU 79–102 → 58–74 ms
-//! (A/B, fresh Postgres each). Reading on a second connection of this thread while the previous
-//! batch is written cost more CPU again and was no faster.
+//! writes them with the cycle's other writes, which costs such a command one queue and one round
+//! trip instead of two of each (measurements in docs/performance.md).
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch_read::read_isolating_failures;
-use super::classify;
-use super::sql::{Decision, decide_on};
+use super::reader::read_isolating_failures;
+use super::session::reconnect;
 use crate::domain::error::{Error, OVERLOADED};
-use crate::domain::store::{Changes, Snapshot, TotpChange};
+use crate::domain::store::{Changes, Snapshot};
+use crate::store::classify;
+use crate::store::optimistic::{Decision, SharedDecide, decide_on};
+use crate::store::rows::{EventRow, PutTotp, RowValues, TotpRow};
 
 /// Most writes per statement.
 const MAX_BATCH: usize = 64;
@@ -51,49 +50,10 @@ pub const WRITE_BATCH_SIZE: &str = "totp_db_write_batch_size";
 /// One command's conditional write, owned so that it can wait in the queue.
 #[derive(Debug)]
 struct Write {
-    user_id: String,
     expected_version: i64,
-    state: &'static str,
-    sequence: i64,
-    change_date: i64,
-    failed_attempts: i64,
-    locked_until: Option<i64>,
-    events: Vec<Event>,
-    totp: TotpRow,
+    rows: RowValues,
     reply: Reply,
 }
-
-#[derive(Debug)]
-struct Event {
-    sequence: i64,
-    event_type: &'static str,
-    payload: String,
-    resource_owner: String,
-    creator: String,
-    created_at: i64,
-}
-
-#[derive(Debug)]
-enum TotpRow {
-    Keep,
-    Put(PutTotp),
-    Delete,
-}
-
-#[derive(Debug)]
-struct PutTotp {
-    state: &'static str,
-    key_id: String,
-    secret_sealed: Vec<u8>,
-    digits: i64,
-    period: i64,
-    last_used_step: Option<i64>,
-    created_at: i64,
-}
-
-/// The domain's decision, shared with the writer's thread.
-pub(super) type SharedDecide =
-    Arc<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
 
 /// A command on a user not at hand: the writer reads the user, lets the domain decide and writes
 /// the outcome, all in one cycle.
@@ -175,46 +135,15 @@ impl Reply {
 impl Write {
     /// The row values of `changes`, to be written if the user is still at `expected_version`.
     fn new(changes: &Changes, expected_version: u64, reply: Reply) -> Write {
-        let user = &changes.user;
-        let first = user.sequence - changes.events.len() as u64 + 1;
-        let events = changes
-            .events
-            .iter()
-            .enumerate()
-            .map(|(offset, event)| Event {
-                sequence: (first + offset as u64) as i64,
-                event_type: event.event_type,
-                payload: event.payload.to_string(),
-                resource_owner: user.resource_owner.clone(),
-                creator: changes.creator.clone(),
-                created_at: changes.at.0,
-            })
-            .collect();
-        let totp = match &changes.totp {
-            TotpChange::Keep => TotpRow::Keep,
-            TotpChange::Delete => TotpRow::Delete,
-            TotpChange::Put(totp) => TotpRow::Put(PutTotp {
-                state: totp.state.as_str(),
-                key_id: totp.secret.key_id.clone(),
-                secret_sealed: totp.secret.ciphertext.clone(),
-                digits: i64::from(totp.digits),
-                period: i64::from(totp.period),
-                last_used_step: totp.last_used_step,
-                created_at: totp.created_at.0,
-            }),
-        };
         Write {
-            user_id: user.user_id.clone(),
             expected_version: expected_version as i64,
-            state: user.state.as_str(),
-            sequence: user.sequence as i64,
-            change_date: user.change_date.0,
-            failed_attempts: i64::from(user.failed_attempts),
-            locked_until: user.locked_until.map(|t| t.0),
-            events,
-            totp,
+            rows: RowValues::of(changes),
             reply,
         }
+    }
+
+    fn user_id(&self) -> &str {
+        &self.rows.user.user_id
     }
 }
 
@@ -325,7 +254,7 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::Receiver<Job>) 
         }
         metrics::histogram!(WRITE_BATCH_SIZE).record(batch.len() as f64);
         // The statement locks users in this order (see `WRITE_BATCH`).
-        batch.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+        batch.sort_unstable_by(|a, b| a.user_id().cmp(b.user_id()));
         let outcomes = write_isolating_failures(&mut connection, &url, timeout, &batch).await;
         for (write, outcome) in batch.into_iter().zip(outcomes) {
             write.reply.send(outcome);
@@ -346,7 +275,7 @@ async fn write_isolating_failures(
     match written {
         Ok(users) => batch
             .iter()
-            .map(|write| Ok(users.contains(&write.user_id)))
+            .map(|write| Ok(users.contains(write.user_id())))
             .collect(),
         Err(error) if batch.len() == 1 || matches!(error, Error::Unavailable(_)) => {
             vec![Err(error); batch.len()]
@@ -355,7 +284,7 @@ async fn write_isolating_failures(
             let mut outcomes = Vec::with_capacity(batch.len());
             for write in batch {
                 let alone = write_on(connection, url, timeout, std::slice::from_ref(write)).await;
-                outcomes.push(alone.map(|users| users.contains(&write.user_id)));
+                outcomes.push(alone.map(|users| users.contains(write.user_id())));
             }
             outcomes
         }
@@ -396,7 +325,7 @@ async fn gather(queue: &mut mpsc::Receiver<Job>, deferred: &mut VecDeque<Write>)
             _ if job.is_abandoned() => {}
             Job::ReadDecideWrite(command) => cycle.to_decide.push(command),
             Job::Write(write) => {
-                if cycle.claim(&write.user_id) {
+                if cycle.claim(write.user_id()) {
                     cycle.writes.push(write);
                 } else {
                     deferred.push_back(write);
@@ -459,51 +388,12 @@ async fn decide_for(
             decision,
         }));
         let write = Write::new(&changes, expected_version, reply);
-        if cycle.claim(&write.user_id) {
+        if cycle.claim(write.user_id()) {
             cycle.writes.push(write);
         } else {
             write.reply.send(Ok(false));
         }
     }
-}
-
-/// The open connection, or a new one if there is none.
-pub(super) async fn reconnect<'c>(
-    connection: &'c mut Option<PgConnection>,
-    url: &str,
-    timeout: Duration,
-) -> Result<&'c mut PgConnection, Error> {
-    match connection {
-        Some(open) => Ok(open),
-        None => {
-            let open = connect(url, timeout)
-                .await
-                .map_err(|e| classify("connecting to the database", e))?;
-            Ok(connection.insert(open))
-        }
-    }
-}
-
-/// A connection for a writer or reader task. Its statements give up after `timeout` (a row lock
-/// held by a foreign session would otherwise stall every write of this instance), failing only
-/// their batch.
-///
-/// Its statements also keep one generic plan: with array parameters, Postgres would plan every
-/// execution anew (a fifth of its CPU under load went to planning). Every row they touch is
-/// found by primary key, so the plan is index lookups whatever the arrays hold; sequential scans
-/// are ruled out because a plan made while the tables are nearly empty (a fresh database) would
-/// scan them whole, and the cached plan would keep doing so as they grow.
-pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
-    let mut connection = PgConnection::connect(url).await?;
-    let millis = timeout.as_millis().max(1);
-    for setting in [
-        format!("SET statement_timeout = {millis}"),
-        "SET plan_cache_mode = force_generic_plan".to_owned(),
-        "SET enable_seqscan = off".to_owned(),
-    ] {
-        sqlx::Executor::execute(&mut connection, setting.as_str()).await?;
-    }
-    Ok(connection)
 }
 
 /// The batch statement. `u` updates the users whose version is unchanged, taking their row locks
@@ -548,30 +438,30 @@ async fn write_batch(
     connection: &mut PgConnection,
     batch: &[Write],
 ) -> Result<HashSet<String>, Error> {
-    let events: Vec<(&str, &Event)> = batch
+    let events: Vec<(&str, &EventRow)> = batch
         .iter()
-        .flat_map(|w| w.events.iter().map(move |e| (w.user_id.as_str(), e)))
+        .flat_map(|w| w.rows.events.iter().map(move |e| (w.user_id(), e)))
         .collect();
     let puts: Vec<(&str, &PutTotp)> = batch
         .iter()
-        .filter_map(|w| match &w.totp {
-            TotpRow::Put(put) => Some((w.user_id.as_str(), put)),
+        .filter_map(|w| match &w.rows.totp {
+            TotpRow::Put(put) => Some((w.user_id(), put)),
             _ => None,
         })
         .collect();
     let deletes: Vec<&str> = batch
         .iter()
-        .filter(|w| matches!(w.totp, TotpRow::Delete))
-        .map(|w| w.user_id.as_str())
+        .filter(|w| matches!(w.rows.totp, TotpRow::Delete))
+        .map(|w| w.user_id())
         .collect();
     let written: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(WRITE_BATCH)
-        .bind(column(batch, |w| w.user_id.as_str()))
+        .bind(column(batch, |w| w.user_id()))
         .bind(column(batch, |w| w.expected_version))
-        .bind(column(batch, |w| w.state))
-        .bind(column(batch, |w| w.sequence))
-        .bind(column(batch, |w| w.change_date))
-        .bind(column(batch, |w| w.failed_attempts))
-        .bind(column(batch, |w| w.locked_until))
+        .bind(column(batch, |w| w.rows.user.state))
+        .bind(column(batch, |w| w.rows.user.sequence))
+        .bind(column(batch, |w| w.rows.user.change_date))
+        .bind(column(batch, |w| w.rows.user.failed_attempts))
+        .bind(column(batch, |w| w.rows.user.locked_until))
         .bind(column(&events, |(user, _)| *user))
         .bind(column(&events, |(_, e)| e.sequence))
         .bind(column(&events, |(_, e)| e.event_type))

@@ -1,7 +1,7 @@
-//! Group reads for Postgres: the snapshot reads of concurrent queries travel together.
+//! Group reads: the snapshot reads of concurrent queries travel together.
 //!
 //! Queries (GetUser, ListAuthenticationMethods) read a user; commands that change one have the
-//! group-commit writer read it ([`super::batch`]). Sent one by one, each read wakes a Postgres
+//! group-commit writer read it ([`super::writer`], with [`read_isolating_failures`]). Sent one by one, each read wakes a Postgres
 //! backend and costs a round trip of its own; on a busy machine those wake-ups, not the index
 //! lookups, are most of the database's work. Here the reads that queue up while a statement is in
 //! flight go out as the next statement, `… WHERE user_id = ANY($1)`, and each gets its row. A
@@ -19,10 +19,14 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::classify;
-use super::sql::{SELECT_SNAPSHOTS, snapshot_from_row};
+use super::session::reconnect;
 use crate::domain::error::{Error, OVERLOADED};
 use crate::domain::store::Snapshot;
+use crate::store::classify;
+use crate::store::rows::{select_snapshot, snapshot_from_row};
+
+/// The snapshots of the users in the text array `$1`.
+const SELECT_SNAPSHOTS: &str = select_snapshot!("u.user_id = ANY($1)");
 
 /// Most reads per statement.
 const MAX_BATCH: usize = 64;
@@ -147,7 +151,7 @@ async fn read_on(
     ids: Vec<&str>,
 ) -> Result<HashMap<String, Snapshot>, Error> {
     let read = async {
-        let open = super::batch::reconnect(connection, url, timeout).await?;
+        let open = reconnect(connection, url, timeout).await?;
         read_users(open, ids).await
     }
     .await;

@@ -1,0 +1,158 @@
+//! The command cycle both stores run (see `domain::store::Store::update`): decide on the user's
+//! state, write the outcome on the condition that the user's row is still at the version decided
+//! on, and, when another write came first, decide again on the state it left. The first decision
+//! may rest on the cached state ([`SnapshotCache`]); a refusal decided on it is never answered
+//! (it writes nothing, and the cache may be behind), so the command decides again on a read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use super::cache::SnapshotCache;
+use crate::domain::error::{self, Error};
+use crate::domain::store::{Changes, Committed, Decide, Snapshot, TotpChange};
+use crate::domain::types::{TotpRecord, UserRecord};
+
+/// The domain's decision, shareable with a writer task and callable more than once.
+pub(super) type SharedDecide =
+    Arc<dyn Fn(Option<Snapshot>) -> Result<Changes, Error> + Send + Sync>;
+
+/// A decision ready to be written: the changes and the version of the state they rest on.
+#[derive(Debug)]
+pub(super) struct Decision {
+    pub changes: Arc<Changes>,
+    pub expected_version: u64,
+    /// The TOTP the changes were decided on (it stays when they keep it).
+    pub totp_before: Option<TotpRecord>,
+}
+
+/// How one attempt of a command ended.
+pub(super) enum Attempt {
+    /// The decision was written.
+    Written(Decision),
+    /// Another write came first: the state decided on is gone.
+    Lost,
+    /// The domain refused (nothing was written).
+    Refused(Error),
+}
+
+/// Lets the domain decide on `snapshot` of `user_id` (`None`: no such user). An `Err` is the
+/// domain's refusal.
+pub(super) fn decide_on(
+    user_id: &str,
+    snapshot: Option<Snapshot>,
+    decide: &SharedDecide,
+) -> Result<Decision, Error> {
+    let Some(expected_version) = snapshot.as_ref().map(|s| s.user.version) else {
+        // The domain refuses a missing user; changes for one would be a domain bug.
+        decide(None)?;
+        return Err(Error::Internal(format!(
+            "changes decided for missing user {user_id}"
+        )));
+    };
+    let totp_before = snapshot.as_ref().and_then(|s| s.totp.clone());
+    Ok(Decision {
+        changes: Arc::new(decide(snapshot)?),
+        expected_version,
+        totp_before,
+    })
+}
+
+/// Runs a command: `attempt` is given the cached state of the user, if any (`None`: it reads),
+/// decides and writes; after a lost race it is run again, with a short random pause when the
+/// race was with another writer (not merely with a stale cache entry).
+pub(super) async fn update<Run, Fut>(
+    cache: &SnapshotCache,
+    user_id: &str,
+    decide: Decide,
+    mut attempt: Run,
+) -> Result<Committed, Error>
+where
+    Run: FnMut(Option<Snapshot>, SharedDecide) -> Fut,
+    Fut: Future<Output = Result<Attempt, Error>>,
+{
+    let decide: SharedDecide = Arc::from(decide);
+    let mut cached = cache.get(user_id);
+    // Bounded by the caller's request timeout; each lost race means another writer succeeded.
+    for round in 0u32.. {
+        let from_cache = cached.is_some();
+        match attempt(cached.take(), decide.clone()).await? {
+            Attempt::Written(decision) => {
+                cache.put(state_after(
+                    &decision.changes,
+                    decision.totp_before,
+                    decision.expected_version + 1,
+                ));
+                return committed(Arc::unwrap_or_clone(decision.changes));
+            }
+            Attempt::Refused(_) if from_cache => {}
+            Attempt::Refused(refusal) => return Err(refusal),
+            Attempt::Lost if from_cache => {}
+            Attempt::Lost => back_off(round).await,
+        }
+    }
+    unreachable!("the retry loop only ends by returning")
+}
+
+/// The user's state once `changes` are written: the row at `version`, and the TOTP row as changed
+/// (or as it was, `totp_before`, if the changes keep it).
+pub(super) fn state_after(
+    changes: &Changes,
+    totp_before: Option<TotpRecord>,
+    version: u64,
+) -> Snapshot {
+    let user = UserRecord {
+        version,
+        ..changes.user.clone()
+    };
+    let totp = match &changes.totp {
+        TotpChange::Keep => totp_before,
+        TotpChange::Put(totp) => Some(totp.clone()),
+        TotpChange::Delete => None,
+    };
+    Snapshot { user, totp }
+}
+
+/// What a written command answers: its details, or the refusal it recorded (a wrong code is
+/// written, then refused).
+pub(super) fn committed(changes: Changes) -> Result<Committed, Error> {
+    let result = Committed {
+        details: changes.user.details(),
+        user: changes.user,
+    };
+    match changes.then_fail {
+        Some(refusal) => Err(refusal),
+        None => Ok(result),
+    }
+}
+
+/// A short random pause after a lost race, growing with the attempts, so that writers on one
+/// user do not collide again in lockstep.
+async fn back_off(attempt: u32) {
+    let ceiling_micros = 200 * u64::from(attempt.min(20)) + 100;
+    let pause = rand::thread_rng().gen_range(0..ceiling_micros);
+    tokio::time::sleep(Duration::from_micros(pause)).await;
+}
+
+/// Runs `work` in a task of its own, which goes on to its end when the caller stops waiting: a
+/// driver interrupted between sending a statement and reading its answer can leave a connection
+/// inside a transaction, holding locks (SQLite's write lock blocks every writer), and a SQLite
+/// command leading a group commit writes for the others too. When `admitted` has no place left,
+/// the work is refused at once (code 8) instead of queueing without bound.
+pub(super) async fn to_the_end<T: Send + 'static>(
+    admitted: &Arc<Semaphore>,
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    let place = admitted
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Rejected(error::OVERLOADED))?;
+    tokio::spawn(async move {
+        let _place = place;
+        work.await
+    })
+    .await
+    .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
+}

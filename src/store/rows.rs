@@ -1,0 +1,352 @@
+//! What both databases share: the tables' SQL that is the same on both, a stored row as a
+//! [`Snapshot`], and one mapping from a decision's [`Changes`] to the values of the rows it
+//! writes ([`RowValues`]), which the SQLite statements and the Postgres batch statement both bind.
+
+use sqlx::{AnyConnection, ColumnIndex, Decode, Row, Type};
+
+use super::classify;
+use crate::domain::clock::Timestamp;
+use crate::domain::error::{self, Error};
+use crate::domain::store::{Changes, Snapshot, TotpChange};
+use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRecord, UserState};
+
+/// `SELECT` of a snapshot (a user and its TOTP, in one statement so that the two agree),
+/// followed by the condition.
+macro_rules! select_snapshot {
+    ($condition:literal) => {
+        concat!(
+            "SELECT u.user_id, u.resource_owner, u.username, u.email, u.email_verified, \
+             u.profile, u.state, u.sequence, u.created_at, u.change_date, u.failed_attempts, \
+             u.locked_until, u.version, t.state AS totp_state, t.key_id, t.secret_sealed, \
+             t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
+             FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE ",
+            $condition
+        )
+    };
+}
+pub(super) use select_snapshot;
+
+const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
+     email_verified, profile, state, sequence, created_at, change_date, failed_attempts, \
+     locked_until, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0) \
+     ON CONFLICT (user_id) DO NOTHING";
+
+/// The columns of a TOTP row, in the order [`PutTotp`] binds them.
+pub(super) const TOTP_COLUMNS: &str =
+    "user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at";
+
+/// What a put TOTP row changes when the user has one already.
+pub(super) const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET \
+     state = excluded.state, key_id = excluded.key_id, secret_sealed = excluded.secret_sealed, \
+     digits = excluded.digits, period = excluded.period, \
+     last_used_step = excluded.last_used_step, created_at = excluded.created_at";
+
+/// The columns of an event row, in the order [`EventRow`] binds them.
+const EVENT_COLUMNS: &str =
+    "user_id, sequence, event_type, payload, resource_owner, creator, created_at";
+
+/// The rows a decision writes.
+#[derive(Debug)]
+pub(super) struct RowValues {
+    pub user: UserRow,
+    pub events: Vec<EventRow>,
+    pub totp: TotpRow,
+}
+
+/// The changing columns of the user row.
+#[derive(Debug)]
+pub(super) struct UserRow {
+    pub user_id: String,
+    pub state: &'static str,
+    pub sequence: i64,
+    pub change_date: i64,
+    pub failed_attempts: i64,
+    pub locked_until: Option<i64>,
+}
+
+/// One event row (its user id is the user row's).
+#[derive(Debug)]
+pub(super) struct EventRow {
+    pub sequence: i64,
+    pub event_type: &'static str,
+    pub payload: String,
+    pub resource_owner: String,
+    pub creator: String,
+    pub created_at: i64,
+}
+
+/// What happens to the TOTP row.
+#[derive(Debug)]
+pub(super) enum TotpRow {
+    Keep,
+    Put(PutTotp),
+    Delete,
+}
+
+/// A TOTP row to insert or replace (its user id is the user row's).
+#[derive(Debug)]
+pub(super) struct PutTotp {
+    pub state: &'static str,
+    pub key_id: String,
+    pub secret_sealed: Vec<u8>,
+    pub digits: i64,
+    pub period: i64,
+    pub last_used_step: Option<i64>,
+    pub created_at: i64,
+}
+
+impl RowValues {
+    /// The rows of `changes`; events are numbered up to the user's new sequence.
+    pub fn of(changes: &Changes) -> RowValues {
+        let user = &changes.user;
+        let first = user.sequence - changes.events.len() as u64 + 1;
+        let events = changes
+            .events
+            .iter()
+            .enumerate()
+            .map(|(offset, event)| EventRow {
+                sequence: (first + offset as u64) as i64,
+                event_type: event.event_type,
+                payload: event.payload.to_string(),
+                resource_owner: user.resource_owner.clone(),
+                creator: changes.creator.clone(),
+                created_at: changes.at.0,
+            })
+            .collect();
+        let totp = match &changes.totp {
+            TotpChange::Keep => TotpRow::Keep,
+            TotpChange::Delete => TotpRow::Delete,
+            TotpChange::Put(totp) => TotpRow::Put(PutTotp::of(totp)),
+        };
+        RowValues {
+            user: UserRow {
+                user_id: user.user_id.clone(),
+                state: user.state.as_str(),
+                sequence: user.sequence as i64,
+                change_date: user.change_date.0,
+                failed_attempts: i64::from(user.failed_attempts),
+                locked_until: user.locked_until.map(|t| t.0),
+            },
+            events,
+            totp,
+        }
+    }
+}
+
+impl PutTotp {
+    fn of(totp: &TotpRecord) -> PutTotp {
+        PutTotp {
+            state: totp.state.as_str(),
+            key_id: totp.secret.key_id.clone(),
+            secret_sealed: totp.secret.ciphertext.clone(),
+            digits: i64::from(totp.digits),
+            period: i64::from(totp.period),
+            last_used_step: totp.last_used_step,
+            created_at: totp.created_at.0,
+        }
+    }
+}
+
+/// `($first, $first+1, …)`: `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    let list: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
+    format!("({})", list.join(", "))
+}
+
+/// Appends `events` of `user_id` in one statement.
+pub(super) async fn insert_events(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    events: &[EventRow],
+) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..events.len())
+        .map(|i| placeholders(1 + i * 7, 7))
+        .collect();
+    let sql = format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for event in events {
+        query = query
+            .bind(user_id.to_owned())
+            .bind(event.sequence)
+            .bind(event.event_type)
+            .bind(event.payload.clone())
+            .bind(event.resource_owner.clone())
+            .bind(event.creator.clone())
+            .bind(event.created_at);
+    }
+    query
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| classify("appending events", e))?;
+    Ok(())
+}
+
+/// Applies `totp` to the TOTP row of `user_id`.
+pub(super) async fn write_totp(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    totp: &TotpRow,
+) -> Result<(), Error> {
+    match totp {
+        TotpRow::Keep => Ok(()),
+        TotpRow::Put(put) => {
+            let sql = format!(
+                "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
+                placeholders(1, 8)
+            );
+            sqlx::query(&sql)
+                .bind(user_id.to_owned())
+                .bind(put.state)
+                .bind(put.key_id.clone())
+                .bind(put.secret_sealed.clone())
+                .bind(put.digits)
+                .bind(put.period)
+                .bind(put.last_used_step)
+                .bind(put.created_at)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify("storing the TOTP", e))?;
+            Ok(())
+        }
+        TotpRow::Delete => {
+            sqlx::query("DELETE FROM totp WHERE user_id = $1")
+                .bind(user_id.to_owned())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| classify("removing the TOTP", e))?;
+            Ok(())
+        }
+    }
+}
+
+/// Inserts a new user with its first events and TOTP, inside the caller's open transaction;
+/// refuses with `USER_ALREADY_EXISTS` (and writes nothing) when the id is taken.
+pub(super) async fn insert_user(conn: &mut AnyConnection, changes: &Changes) -> Result<(), Error> {
+    let user = &changes.user;
+    let profile = serde_json::to_string(&user.profile)
+        .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
+    let inserted = sqlx::query(INSERT_USER)
+        .bind(user.user_id.clone())
+        .bind(user.resource_owner.clone())
+        .bind(user.username.clone())
+        .bind(user.email.clone())
+        .bind(i64::from(user.email_verified))
+        .bind(profile)
+        .bind(user.state.as_str())
+        .bind(user.sequence as i64)
+        .bind(user.created_at.0)
+        .bind(user.change_date.0)
+        .bind(i64::from(user.failed_attempts))
+        .bind(user.locked_until.map(|t| t.0))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| classify("inserting a user", e))?;
+    if inserted.rows_affected() == 0 {
+        return Err(error::USER_ALREADY_EXISTS.into());
+    }
+    let rows = RowValues::of(changes);
+    insert_events(conn, &user.user_id, &rows.events).await?;
+    write_totp(conn, &user.user_id, &rows.totp).await
+}
+
+/// Up to `limit` ids of users after `after` whose TOTP is sealed under a key other than `key_id`.
+pub(super) async fn totp_sealed_with_other_key(
+    conn: &mut AnyConnection,
+    key_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, Error> {
+    let rows = sqlx::query(
+        "SELECT user_id FROM totp WHERE key_id <> $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+    )
+    .bind(key_id.to_owned())
+    .bind(after.to_owned())
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await
+    .map_err(|e| classify("listing secrets to re-seal", e))?;
+    rows.iter()
+        .map(|row| row.try_get::<String, _>("user_id"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| classify("reading user ids", e))
+}
+
+/// Whether the database answers.
+pub(super) async fn ping(conn: &mut AnyConnection) -> Result<(), Error> {
+    sqlx::query("SELECT 1")
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| classify("pinging the database", e))
+}
+
+/// Reads a snapshot row (of either driver). A row that does not parse is a damaged database: an
+/// internal error.
+pub(super) fn snapshot_from_row<R: Row>(row: &R) -> Result<Snapshot, sqlx::Error>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let state: String = row.try_get("state")?;
+    let profile: String = row.try_get("profile")?;
+    let bad = |what: &str| sqlx::Error::Decode(format!("stored {what} does not parse").into());
+    let user = UserRecord {
+        user_id: row.try_get("user_id")?,
+        resource_owner: row.try_get("resource_owner")?,
+        username: row.try_get("username")?,
+        email: row.try_get("email")?,
+        email_verified: row.try_get::<i64, _>("email_verified")? != 0,
+        profile: serde_json::from_str::<Profile>(&profile).map_err(|_| bad("profile"))?,
+        state: UserState::parse(&state).ok_or_else(|| bad("user state"))?,
+        sequence: row.try_get::<i64, _>("sequence")? as u64,
+        created_at: Timestamp(row.try_get("created_at")?),
+        change_date: Timestamp(row.try_get("change_date")?),
+        failed_attempts: row.try_get::<i64, _>("failed_attempts")? as u32,
+        locked_until: row
+            .try_get::<Option<i64>, _>("locked_until")?
+            .map(Timestamp),
+        version: row.try_get::<i64, _>("version")? as u64,
+    };
+    let totp = match row.try_get::<Option<String>, _>("totp_state")? {
+        None => None,
+        Some(totp_state) => Some(TotpRecord {
+            state: TotpState::parse(&totp_state).ok_or_else(|| bad("TOTP state"))?,
+            secret: SealedSecret {
+                key_id: row.try_get("key_id")?,
+                ciphertext: row.try_get("secret_sealed")?,
+            },
+            digits: row.try_get::<i64, _>("digits")? as u32,
+            period: row.try_get::<i64, _>("period")? as u32,
+            last_used_step: row.try_get("last_used_step")?,
+            created_at: Timestamp(row.try_get("totp_created_at")?),
+        }),
+    };
+    Ok(Snapshot { user, totp })
+}
+
+/// Commits `tx` if `outcome` is a success, else rolls it back; answers `outcome`.
+pub(super) async fn commit_or_roll_back<T>(
+    tx: sqlx::Transaction<'_, sqlx::Any>,
+    outcome: Result<T, Error>,
+) -> Result<T, Error> {
+    match outcome {
+        Ok(value) => {
+            tx.commit().await.map_err(|e| classify("committing", e))?;
+            Ok(value)
+        }
+        Err(error) => {
+            tx.rollback()
+                .await
+                .map_err(|e| classify("rolling back", e))?;
+            Err(error)
+        }
+    }
+}
