@@ -13,7 +13,8 @@ use totp_service::domain::totp;
 use totp_service::transport::auth::{LocalSigningKey, token_claims};
 
 /// mimalloc instead of the system allocator: a request allocates many small short-lived
-/// buffers, and glibc's malloc and free were ~15 % of the service's CPU under load.
+/// buffers, and glibc's malloc and free took a large share of the service's CPU under load
+/// (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

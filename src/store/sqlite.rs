@@ -34,7 +34,8 @@ pub const DEFAULT_POOL_SIZE: u32 = 8;
 /// Each connection's settings: WAL lets readers run beside the single writer; the busy timeout
 /// makes a second writer (another process on the same file) wait for `BEGIN IMMEDIATE` instead of
 /// failing at once; a 1 MiB page cache instead of 2 MiB (a command touches a few pages found by
-/// primary key, and the pool's caches were a large share of the process's memory).
+/// primary key, and the pool's caches were a large share of the process's memory;
+/// docs/performance.md).
 const CONNECTION_SETUP: &[&str] = &[
     "PRAGMA journal_mode = WAL",
     "PRAGMA busy_timeout = 10000",

@@ -171,7 +171,7 @@ fn is_native_grpc<B>(request: &http::Request<B>) -> bool {
 /// Sends native gRPC straight to the gRPC services and everything else through the full
 /// router. The full router's layers are for browsers and HTTP/1 (CORS, gRPC-web translation,
 /// reading HTTP/1 bodies, the Connect protocol), none of which a native gRPC call can use; on its
-/// own path a gRPC call costs measurably less CPU (issue 5's benchmark runs two cores flat out).
+/// own path a gRPC call costs measurably less CPU (docs/performance.md).
 #[derive(Clone)]
 struct NativeGrpcFirst {
     grpc: Router,
@@ -371,7 +371,7 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
 
 /// Makes the id of a request that came without one: a random (version 4) UUID drawn from the
 /// thread's generator. tower-http's `MakeRequestUuid` asks the kernel for every one (a
-/// `getrandom` call per request: ~1 % of the service's CPU under load).
+/// `getrandom` call per request; docs/performance.md).
 #[derive(Clone, Copy)]
 struct MakeRandomRequestId;
 

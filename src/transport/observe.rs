@@ -63,8 +63,8 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("no other metrics recorder is installed");
         // The recorder keeps every histogram observation until it is drained, which only a
         // scrape or an upkeep does: without this thread, a service nobody scrapes grows by a
-        // few bytes per request (measured: ~8 MiB more peak RSS over one benchmark run). A
-        // thread, not a task: the recorder outlives any one runtime (tests start many).
+        // few bytes per request (docs/performance.md). A thread, not a task: the recorder
+        // outlives any one runtime (tests start many).
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("totp-metrics-upkeep".into())
@@ -152,8 +152,8 @@ type RequestLabels = (&'static str, Protocol, i32);
 thread_local! {
     /// This thread's handles of the request counter and latency histogram by (rpc, protocol,
     /// code): a handle found here skips building the labels and looking them up in the
-    /// recorder's registry, which every request did before (~2 % of the service's CPU under
-    /// load). Per thread, so that no lock is shared; the handles all point at the one recorder.
+    /// recorder's registry, which every request did before (docs/performance.md). Per thread,
+    /// so that no lock is shared; the handles all point at the one recorder.
     static REQUEST_METRICS: RefCell<HashMap<RequestLabels, (Counter, Histogram)>> =
         RefCell::new(HashMap::new());
 }

@@ -160,9 +160,8 @@ impl GroupCommit {
     /// The writer runs on a thread of its own. Every write waits for its cycle (gather, send,
     /// commit, answer), so the cycle must start again the moment the database answers; on the
     /// service's runtime the writer's wake-up would queue behind the request tasks ready at that
-    /// moment. A thread is woken by the kernel directly: measured +8 % (gRPC) and +19 % (REST)
-    /// valid checks at 32 clients on two cores. (The readers stay on the runtime: on threads of
-    /// their own they were slower, 12 % fewer checks without the user cache.)
+    /// moment. A thread is woken by the kernel directly. (The readers stay on the runtime: on
+    /// threads of their own they were slower. Measurements in docs/performance.md.)
     pub fn start(url: &str, timeout: Duration, capacity: usize) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let runtime = tokio::runtime::Builder::new_current_thread()
