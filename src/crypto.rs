@@ -1,6 +1,8 @@
-//! Sealing TOTP secrets at rest: AES-256-GCM with a random 96-bit nonce per seal, the user id as
-//! associated data (a sealed secret copied to another user does not open), and a key id stored
-//! beside each ciphertext. Several keys may be configured: the first seals, all open.
+//! Sealing bytes at rest (the service seals TOTP secrets): AES-256-GCM with a random 96-bit nonce
+//! per seal, caller-given associated data (the service gives the user id, so that a sealed secret
+//! copied to another user does not open), and the id of the sealing key kept beside the
+//! ciphertext. Several keys may be configured: the first seals, all open. Nothing here knows what
+//! the bytes are.
 
 use std::fmt;
 
@@ -9,9 +11,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::RngCore;
-
-use crate::domain::totp::Secret;
-use crate::domain::types::SealedSecret;
 
 const NONCE_BYTES: usize = 12;
 
@@ -92,45 +91,65 @@ impl KeyRing {
         &self.keys[0].0
     }
 
-    /// Seals `secret` for `user_id` under the active key.
-    pub fn seal(&self, user_id: &str, secret: &Secret, rng: &mut impl RngCore) -> SealedSecret {
+    /// Seals `plaintext`, bound to `associated`, under the active key.
+    pub fn seal(&self, plaintext: &[u8], associated: &[u8], rng: &mut impl RngCore) -> Sealed {
         let (key_id, cipher) = &self.keys[0];
         let mut nonce = [0u8; NONCE_BYTES];
         rng.fill_bytes(&mut nonce);
         let payload = Payload {
-            msg: secret.expose(),
-            aad: user_id.as_bytes(),
+            msg: plaintext,
+            aad: associated,
         };
         let ciphertext = cipher
             .encrypt(Nonce::from_slice(&nonce), payload)
             .expect("AES-GCM encryption of a short secret cannot fail");
-        let mut sealed = nonce.to_vec();
-        sealed.extend_from_slice(&ciphertext);
-        SealedSecret {
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&ciphertext);
+        Sealed {
             key_id: key_id.clone(),
-            ciphertext: sealed,
+            bytes,
         }
     }
 
-    /// Opens a secret sealed for `user_id` under any configured key.
-    pub fn open(&self, user_id: &str, sealed: &SealedSecret) -> Result<Secret, CryptoError> {
+    /// Opens bytes sealed under the key `key_id` and bound to `associated`.
+    pub fn open(
+        &self,
+        key_id: &str,
+        bytes: &[u8],
+        associated: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let (_, cipher) = self
             .keys
             .iter()
-            .find(|(id, _)| *id == sealed.key_id)
-            .ok_or_else(|| CryptoError::UnknownKey(sealed.key_id.clone()))?;
-        if sealed.ciphertext.len() < NONCE_BYTES {
+            .find(|(id, _)| id == key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
+        if bytes.len() < NONCE_BYTES {
             return Err(CryptoError::Corrupt);
         }
-        let (nonce, ciphertext) = sealed.ciphertext.split_at(NONCE_BYTES);
+        let (nonce, ciphertext) = bytes.split_at(NONCE_BYTES);
         let payload = Payload {
             msg: ciphertext,
-            aad: user_id.as_bytes(),
+            aad: associated,
         };
         cipher
             .decrypt(Nonce::from_slice(nonce), payload)
-            .map(Secret::from_bytes)
             .map_err(|_| CryptoError::Corrupt)
+    }
+}
+
+/// Sealed bytes: the nonce and ciphertext, and the id of the key that sealed them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .field("bytes", &self.bytes.len())
+            .finish()
     }
 }
 
@@ -146,52 +165,57 @@ mod tests {
         KeyRing::generate_entry(id, &mut rand::thread_rng())
     }
 
-    #[test]
-    fn seals_and_opens_for_the_same_user() {
-        let keys = ring(&entry("k1"));
-        let secret = Secret::generate(&mut rand::thread_rng());
-        let sealed = keys.seal("alice", &secret, &mut rand::thread_rng());
-        assert_eq!(sealed.key_id, "k1");
-        assert!(
-            !sealed
-                .ciphertext
-                .windows(secret.expose().len())
-                .any(|w| w == secret.expose())
-        );
-        assert_eq!(keys.open("alice", &sealed), Ok(secret));
+    const SECRET: &[u8] = b"twenty bytes secret!";
+
+    fn seal(keys: &KeyRing, associated: &str) -> Sealed {
+        keys.seal(SECRET, associated.as_bytes(), &mut rand::thread_rng())
+    }
+
+    fn open(keys: &KeyRing, sealed: &Sealed, associated: &str) -> Result<Vec<u8>, CryptoError> {
+        keys.open(&sealed.key_id, &sealed.bytes, associated.as_bytes())
     }
 
     #[test]
-    fn a_secret_copied_to_another_user_does_not_open() {
+    fn seals_and_opens_for_the_same_associated_data() {
         let keys = ring(&entry("k1"));
-        let sealed = keys.seal(
-            "alice",
-            &Secret::generate(&mut rand::thread_rng()),
-            &mut rand::thread_rng(),
-        );
-        assert_eq!(keys.open("mallory", &sealed), Err(CryptoError::Corrupt));
+        let sealed = seal(&keys, "alice");
+        assert_eq!(sealed.key_id, "k1");
+        assert!(!sealed.bytes.windows(SECRET.len()).any(|w| w == SECRET));
+        assert_eq!(open(&keys, &sealed, "alice"), Ok(SECRET.to_vec()));
+    }
+
+    #[test]
+    fn bytes_sealed_for_one_user_do_not_open_for_another() {
+        let keys = ring(&entry("k1"));
+        let sealed = seal(&keys, "alice");
+        assert_eq!(open(&keys, &sealed, "mallory"), Err(CryptoError::Corrupt));
     }
 
     #[test]
     fn older_keys_still_open_while_the_first_seals() {
         let old = entry("old");
-        let secret = Secret::generate(&mut rand::thread_rng());
-        let sealed_by_old = ring(&old).seal("alice", &secret, &mut rand::thread_rng());
+        let sealed_by_old = seal(&ring(&old), "alice");
         let rotated = ring(&format!("{},{old}", entry("new")));
         assert_eq!(rotated.active_key_id(), "new");
-        assert_eq!(rotated.open("alice", &sealed_by_old), Ok(secret));
+        assert_eq!(open(&rotated, &sealed_by_old, "alice"), Ok(SECRET.to_vec()));
     }
 
     #[test]
     fn a_missing_key_is_a_clear_error() {
-        let sealed = ring(&entry("gone")).seal(
-            "alice",
-            &Secret::generate(&mut rand::thread_rng()),
-            &mut rand::thread_rng(),
-        );
+        let sealed = seal(&ring(&entry("gone")), "alice");
         assert_eq!(
-            ring(&entry("k1")).open("alice", &sealed),
+            open(&ring(&entry("k1")), &sealed, "alice"),
             Err(CryptoError::UnknownKey("gone".into()))
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_sealed_bytes() {
+        let sealed = seal(&ring(&entry("k1")), "alice");
+        let printed = format!("{sealed:?}");
+        assert_eq!(
+            printed,
+            format!("Sealed {{ key_id: \"k1\", bytes: {} }}", sealed.bytes.len())
         );
     }
 

@@ -6,7 +6,8 @@
 //! - [`transport`]: REST, gRPC and gRPC-web on one port; authentication; error mapping.
 //! - [`domain`]: the rules: access, TOTP math, replay and lockout, events.
 //! - [`store`]: Postgres and SQLite behind the domain's storage port.
-//! - [`crypto`]: sealing TOTP secrets at rest.
+//! - [`crypto`]: sealing bytes at rest (the TOTP secrets).
+//! - [`telemetry`]: the catalogue of metric families every module describes its own in.
 //! - [`proto`]: the generated protobuf types.
 //! - [`grpc_web`]: gRPC-web framing for clients (tests, load generator).
 
@@ -18,4 +19,5 @@ pub mod files;
 pub mod grpc_web;
 pub mod proto;
 pub mod store;
+pub mod telemetry;
 pub mod transport;

@@ -92,6 +92,34 @@ pub const SECRET_KEY_UNAVAILABLE: Rejection = rejection(
     "The TOTP secret is sealed under a key that is not configured",
 );
 
+pub const ALREADY_LOCKED: Rejection = rejection(
+    Code::FailedPrecondition,
+    "COMMAND-3NN8v",
+    "User is already locked",
+);
+pub const NOT_LOCKED: Rejection = rejection(
+    Code::FailedPrecondition,
+    "COMMAND-4M0ds",
+    "User is not locked",
+);
+/// A request that took longer than `TOTP_REQUEST_TIMEOUT`.
+pub const TOO_SLOW: Rejection = rejection(
+    Code::DeadlineExceeded,
+    "COMMAND-t1me0",
+    "The request took too long",
+);
+/// Internal to `rekey`: the secret is gone or already under the active key (never sent).
+pub const NOTHING_TO_RESEAL: Rejection = rejection(
+    Code::FailedPrecondition,
+    "REKEY-n0th1",
+    "Nothing to re-seal",
+);
+/// An unknown REST path.
+pub const NOT_FOUND: Rejection = rejection(Code::NotFound, "HTTP-n0tf0", "Not Found");
+/// A known REST path with the wrong method.
+pub const METHOD_NOT_ALLOWED: Rejection =
+    rejection(Code::Unimplemented, "HTTP-m3th0", "Method Not Allowed");
+
 /// The database's queue is full: the client should come back a little later.
 pub const OVERLOADED: Rejection = rejection(
     Code::ResourceExhausted,
@@ -133,7 +161,7 @@ impl AuthFailure {
 }
 
 /// Everything a command can fail with.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The request broke a field rule (code 3, no ErrorDetail).
     #[error("{0}")]

@@ -5,7 +5,10 @@
 pub mod authz;
 pub mod clock;
 pub mod error;
+#[cfg(test)]
+pub mod memory;
 pub mod outage;
+pub mod rules;
 pub mod service;
 pub mod store;
 pub mod totp;

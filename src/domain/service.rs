@@ -1,84 +1,31 @@
-//! One function per RPC. Each validates nothing itself (the types did), checks access, and hands
-//! the store a decision on the user's state, which the store writes only if that state is still
-//! current (see [`super::store::Store::update`]).
+//! One function per RPC, orchestrating: it checks access, asks the store to apply a rule of
+//! [`super::rules`] to the user's state (the store writes the outcome only if that state is still
+//! current, see [`super::store::Store::update`]), and maps the result. It validates nothing itself
+//! (the types did) and decides nothing itself (the rules do).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
 
-use crate::crypto::{CryptoError, KeyRing};
+use crate::crypto::KeyRing;
 
 use super::authz::Access;
 use super::clock::{Clock, Timestamp};
-use super::error::{self, Error, Rejection};
+use super::error::{self, Error};
 use super::outage::OutageLog;
-use super::store::{Changes, Committed, ConnectionStats, NewEvent, Snapshot, Store, TotpChange};
-use super::totp::{self, CodeMatch, Secret};
+use super::rules::{self, CodeUse, Draft, Outcome};
+use super::store::{Committed, ConnectionStats, Snapshot, Store};
+use super::totp::{self, Secret};
 use super::types::{
-    Caller, Details, Permission, Profile, TotpRecord, TotpState, UserId, UserRecord, UserState,
+    Caller, Details, Permission, Profile, TotpCode, TotpRecord, TotpState, UserId, UserRecord,
+    UserState,
 };
 
-/// Event names, as ZITADEL names them.
-pub mod events {
-    pub const USER_ADDED: &str = "user.human.added";
-    pub const USER_REMOVED: &str = "user.removed";
-    pub const USER_LOCKED: &str = "user.locked";
-    pub const USER_UNLOCKED: &str = "user.unlocked";
-    pub const OTP_ADDED: &str = "user.human.mfa.otp.added";
-    pub const OTP_VERIFIED: &str = "user.human.mfa.otp.verified";
-    pub const OTP_REMOVED: &str = "user.human.mfa.otp.removed";
-    pub const OTP_CHECK_SUCCEEDED: &str = "user.human.mfa.otp.check.succeeded";
-    pub const OTP_CHECK_FAILED: &str = "user.human.mfa.otp.check.failed";
-}
+pub use super::rules::events;
 
-const ALREADY_LOCKED: Rejection = Rejection {
-    code: error::Code::FailedPrecondition,
-    id: "COMMAND-3NN8v",
-    message: "User is already locked",
-};
-const TOO_SLOW: Rejection = Rejection {
-    code: error::Code::DeadlineExceeded,
-    id: "COMMAND-t1me0",
-    message: "The request took too long",
-};
-/// Internal to `rekey`: the secret is gone or already under the active key (never sent).
-const NOTHING_TO_RESEAL: Rejection = Rejection {
-    code: error::Code::FailedPrecondition,
-    id: "REKEY-n0th1",
-    message: "Nothing to re-seal",
-};
-const NOT_LOCKED: Rejection = Rejection {
-    code: error::Code::FailedPrecondition,
-    id: "COMMAND-4M0ds",
-    message: "User is not locked",
-};
-
-/// Rules that come from configuration.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// The issuer shown in authenticator apps.
-    pub otp_issuer: String,
-    /// Wrong codes before the user is locked; 0 turns lockout off.
-    pub max_attempts: u32,
-    /// How long an automatic lock lasts; `None` means until UnlockUser.
-    pub lockout_duration: Option<Duration>,
-    /// Longest a command may take before it is abandoned (its transaction rolls back) with code 4.
-    pub request_timeout: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            otp_issuer: "totp-service".to_owned(),
-            max_attempts: 5,
-            lockout_duration: Some(Duration::from_secs(300)),
-            request_timeout: Duration::from_secs(10),
-        }
-    }
-}
+pub use super::rules::Settings;
 
 /// What RegisterTOTP hands back: the details, and the secret for the user's app.
 #[derive(Clone, Debug)]
@@ -129,89 +76,6 @@ pub struct Service {
     outages: Arc<OutageLog>,
 }
 
-/// A user's state being changed by a command; collects the events.
-struct Draft {
-    user: UserRecord,
-    totp: Option<TotpRecord>,
-    totp_change: TotpChange,
-    events: Vec<NewEvent>,
-    at: Timestamp,
-    creator: String,
-}
-
-impl Draft {
-    fn new(snapshot: Snapshot, at: Timestamp, creator: String) -> Self {
-        let mut user = snapshot.user;
-        // An automatic lock that has run out ends by itself, with a fresh count of attempts.
-        if user.state == UserState::Locked && !user.is_locked_at(at) {
-            user.state = UserState::Active;
-            user.locked_until = None;
-            user.failed_attempts = 0;
-        }
-        Draft {
-            user,
-            totp: snapshot.totp,
-            totp_change: TotpChange::Keep,
-            events: Vec::new(),
-            at,
-            creator,
-        }
-    }
-
-    fn append(&mut self, event_type: &'static str, payload: serde_json::Value) {
-        self.events.push(NewEvent {
-            event_type,
-            payload,
-        });
-    }
-
-    /// A locked user may not change its own second factor: a stolen session of a locked
-    /// account must not swap the factor that locked it. (An administrator still may.)
-    fn refuse_locked_self_service(&self) -> Result<(), Error> {
-        if self.creator == self.user.user_id && self.user.is_locked_at(self.at) {
-            Err(error::USER_LOCKED.into())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn put_totp(&mut self, record: TotpRecord) {
-        self.totp = Some(record.clone());
-        self.totp_change = TotpChange::Put(record);
-    }
-
-    fn finish(self) -> Changes {
-        self.finish_then(None)
-    }
-
-    /// Commits the events, then answers with `error` (a recorded failure).
-    fn finish_failing(self, error: Rejection) -> Changes {
-        self.finish_then(Some(error.into()))
-    }
-
-    fn finish_then(mut self, then_fail: Option<Error>) -> Changes {
-        if !self.events.is_empty() {
-            self.user.sequence += self.events.len() as u64;
-            self.user.change_date = self.at;
-        }
-        Changes {
-            at: self.at,
-            creator: self.creator,
-            events: self.events,
-            user: self.user,
-            totp: self.totp_change,
-            then_fail,
-        }
-    }
-}
-
-/// The TOTP calls that take a code.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum CodeUse {
-    Verify,
-    Check,
-}
-
 impl Service {
     pub fn new(
         store: Arc<dyn Store>,
@@ -259,26 +123,23 @@ impl Service {
     {
         let outcome = tokio::time::timeout(self.settings.request_timeout, work(self.store.clone()))
             .await
-            .unwrap_or_else(|_| Err(TOO_SLOW.into()));
+            .unwrap_or_else(|_| Err(error::TOO_SLOW.into()));
         self.outages.note(&outcome);
         outcome
     }
 
-    /// Runs `decide` on an existing user's state, after the access checks, and writes the outcome.
+    /// Applies `rule` to an existing user's state, after the access checks, and writes the
+    /// outcome (see [`Store::update`]).
     async fn change_user(
         &self,
         caller: &Caller,
         user_id: &UserId,
         access: Access,
-        decide: impl Fn(&mut Draft, &Service) -> Result<Option<Rejection>, Error>
-        + Send
-        + Sync
-        + 'static,
+        rule: impl Fn(&mut Draft) -> Result<Outcome, Error> + Send + Sync + 'static,
     ) -> Result<Committed, Error> {
         access.precheck(caller, user_id.as_str())?;
         let at = self.clock.now();
         let caller = caller.clone();
-        let service = self.clone();
         let decision = Box::new(move |snapshot: Option<Snapshot>| {
             let snapshot = existing(snapshot)?;
             access.check(
@@ -287,10 +148,8 @@ impl Service {
                 &snapshot.user.resource_owner,
             )?;
             let mut draft = Draft::new(snapshot, at, caller.subject.clone());
-            match decide(&mut draft, &service)? {
-                None => Ok(draft.finish()),
-                Some(refusal) => Ok(draft.finish_failing(refusal)),
-            }
+            let outcome = rule(&mut draft)?;
+            Ok(draft.finish(outcome))
         });
         let user_id = user_id.as_str().to_owned();
         self.bounded(move |store| async move { store.update(&user_id, decision).await })
@@ -304,34 +163,13 @@ impl Service {
         user_id: &UserId,
     ) -> Result<Registration, Error> {
         let secret = Secret::generate(&mut rand::thread_rng());
-        let sealed = self
-            .keys
-            .seal(user_id.as_str(), &secret, &mut rand::thread_rng());
+        let sealed = rules::seal_secret(&self.keys, user_id.as_str(), &secret);
         let committed = self
             .change_user(
                 caller,
                 user_id,
                 Access::self_or(Permission::UserCredentialWrite),
-                move |draft, _| {
-                    draft.refuse_locked_self_service()?;
-                    if draft
-                        .totp
-                        .as_ref()
-                        .is_some_and(|t| t.state == TotpState::Ready)
-                    {
-                        return Err(error::TOTP_ALREADY_SET_UP.into());
-                    }
-                    draft.put_totp(TotpRecord {
-                        state: TotpState::Pending,
-                        secret: sealed.clone(),
-                        digits: totp::DIGITS,
-                        period: totp::PERIOD,
-                        last_used_step: None,
-                        created_at: draft.at,
-                    });
-                    draft.append(events::OTP_ADDED, json!({}));
-                    Ok(None)
-                },
+                move |draft| rules::register(draft, sealed.clone()),
             )
             .await?;
         let account = if committed.user.username.is_empty() {
@@ -351,7 +189,7 @@ impl Service {
         &self,
         caller: &Caller,
         user_id: &UserId,
-        code: &super::types::TotpCode,
+        code: &TotpCode,
     ) -> Result<Details, Error> {
         self.use_code(caller, user_id, code, CodeUse::Verify).await
     }
@@ -361,7 +199,7 @@ impl Service {
         &self,
         caller: &Caller,
         user_id: &UserId,
-        code: &super::types::TotpCode,
+        code: &TotpCode,
     ) -> Result<Details, Error> {
         self.use_code(caller, user_id, code, CodeUse::Check).await
     }
@@ -370,194 +208,54 @@ impl Service {
         &self,
         caller: &Caller,
         user_id: &UserId,
-        code: &super::types::TotpCode,
+        code: &TotpCode,
         purpose: CodeUse,
     ) -> Result<Details, Error> {
         let access = match purpose {
             CodeUse::Verify => Access::self_or(Permission::UserCredentialWrite),
             CodeUse::Check => Access::self_or(Permission::SessionWrite),
         };
-        let code = code.clone();
+        let (code, settings, keys) = (code.clone(), self.settings.clone(), self.keys.clone());
         let committed = self
-            .change_user(caller, user_id, access, move |draft, service| {
-                let Some(record) = draft.totp.clone() else {
-                    return Err(error::TOTP_NOT_REGISTERED.into());
-                };
-                match (purpose, record.state) {
-                    (CodeUse::Verify, TotpState::Ready) => {
-                        return Err(error::TOTP_ALREADY_VERIFIED.into());
-                    }
-                    (CodeUse::Check, TotpState::Pending) => {
-                        return Err(error::TOTP_NOT_READY.into());
-                    }
-                    _ => {}
-                }
-                if draft.user.is_locked_at(draft.at) {
-                    return Err(error::USER_LOCKED.into());
-                }
-                let secret = service.open_secret(&draft.user.user_id, &record)?;
-                let matched = totp::match_code(
-                    &secret,
-                    code.expose(),
-                    draft.at.unix_seconds(),
-                    record.digits,
-                    record.period,
-                    record.last_used_step,
-                );
-                let step = match matched {
-                    CodeMatch::Fresh(step) => step,
-                    CodeMatch::NoMatch => {
-                        return Ok(Some(service.record_failure(
-                            draft,
-                            "invalid code",
-                            error::INVALID_CODE,
-                        )));
-                    }
-                    CodeMatch::AlreadyUsed => {
-                        return Ok(Some(service.record_failure(
-                            draft,
-                            "code already used",
-                            error::CODE_ALREADY_USED,
-                        )));
-                    }
-                };
-                draft.user.failed_attempts = 0;
-                draft.put_totp(TotpRecord {
-                    state: TotpState::Ready,
-                    last_used_step: Some(step),
-                    ..record
-                });
-                let event = match purpose {
-                    CodeUse::Verify => events::OTP_VERIFIED,
-                    CodeUse::Check => events::OTP_CHECK_SUCCEEDED,
-                };
-                draft.append(event, json!({}));
-                Ok(None)
+            .change_user(caller, user_id, access, move |draft| {
+                rules::use_code(draft, &code, purpose, &settings, &keys)
             })
             .await?;
         Ok(committed.details)
     }
 
-    fn open_secret(&self, user_id: &str, record: &TotpRecord) -> Result<Secret, Error> {
-        self.keys
-            .open(user_id, &record.secret)
-            .map_err(|err| match err {
-                CryptoError::UnknownKey(key_id) => {
-                    tracing::error!(
-                        user_id,
-                        key_id,
-                        "TOTP secret sealed under a key that is not configured"
-                    );
-                    Error::Rejected(error::SECRET_KEY_UNAVAILABLE)
-                }
-                other => Error::Internal(format!(
-                    "opening the TOTP secret of user {user_id}: {other}"
-                )),
-            })
-    }
-
-    /// Counts a rejected code: appends `check.failed`, and locks the user at `max_attempts`.
-    fn record_failure(&self, draft: &mut Draft, reason: &str, refusal: Rejection) -> Rejection {
-        draft.append(events::OTP_CHECK_FAILED, json!({ "reason": reason }));
-        draft.user.failed_attempts += 1;
-        let limit = self.settings.max_attempts;
-        if limit > 0 && draft.user.failed_attempts >= limit {
-            draft.user.state = UserState::Locked;
-            draft.user.failed_attempts = 0;
-            draft.user.locked_until = self.settings.lockout_duration.map(|d| draft.at.plus(d));
-            draft.append(
-                events::USER_LOCKED,
-                json!({ "reason": "too many failed attempts", "lockedUntilMicros": draft.user.locked_until.map(|t| t.0) }),
-            );
-        }
-        refusal
-    }
-
     /// RemoveTOTP: removes a pending or ready TOTP.
     pub async fn remove_totp(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
+        let access = Access::self_or(Permission::UserWrite);
         let committed = self
-            .change_user(
-                caller,
-                user_id,
-                Access::self_or(Permission::UserWrite),
-                |draft, _| {
-                    draft.refuse_locked_self_service()?;
-                    if draft.totp.is_none() {
-                        return Err(error::TOTP_NOT_FOUND_ON_REMOVE.into());
-                    }
-                    draft.totp = None;
-                    draft.totp_change = TotpChange::Delete;
-                    draft.append(events::OTP_REMOVED, json!({}));
-                    Ok(None)
-                },
-            )
+            .change_user(caller, user_id, access, rules::remove)
             .await?;
         Ok(committed.details)
     }
 
     /// DeleteUser: marks the user removed and drops its TOTP secret.
     pub async fn delete_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
+        let access = Access::only(Permission::UserWrite);
         let committed = self
-            .change_user(
-                caller,
-                user_id,
-                Access::only(Permission::UserWrite),
-                |draft, _| {
-                    draft.user.state = UserState::Deleted;
-                    draft.user.locked_until = None;
-                    if draft.totp.take().is_some() {
-                        draft.totp_change = TotpChange::Delete;
-                    }
-                    draft.append(events::USER_REMOVED, json!({}));
-                    Ok(None)
-                },
-            )
+            .change_user(caller, user_id, access, rules::delete)
             .await?;
         Ok(committed.details)
     }
 
     /// LockUser: locks until UnlockUser.
     pub async fn lock_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
+        let access = Access::only(Permission::UserWrite);
         let committed = self
-            .change_user(
-                caller,
-                user_id,
-                Access::only(Permission::UserWrite),
-                |draft, _| {
-                    if draft.user.state == UserState::Locked {
-                        return Err(ALREADY_LOCKED.into());
-                    }
-                    draft.user.state = UserState::Locked;
-                    draft.user.locked_until = None;
-                    draft.append(
-                        events::USER_LOCKED,
-                        json!({ "reason": "locked by an administrator" }),
-                    );
-                    Ok(None)
-                },
-            )
+            .change_user(caller, user_id, access, rules::lock)
             .await?;
         Ok(committed.details)
     }
 
     /// UnlockUser: ends a lock and clears the count of failed attempts.
     pub async fn unlock_user(&self, caller: &Caller, user_id: &UserId) -> Result<Details, Error> {
+        let access = Access::only(Permission::UserWrite);
         let committed = self
-            .change_user(
-                caller,
-                user_id,
-                Access::only(Permission::UserWrite),
-                |draft, _| {
-                    if draft.user.state != UserState::Locked {
-                        return Err(NOT_LOCKED.into());
-                    }
-                    draft.user.state = UserState::Active;
-                    draft.user.locked_until = None;
-                    draft.user.failed_attempts = 0;
-                    draft.append(events::USER_UNLOCKED, json!({}));
-                    Ok(None)
-                },
-            )
+            .change_user(caller, user_id, access, rules::unlock)
             .await?;
         Ok(committed.details)
     }
@@ -598,20 +296,13 @@ impl Service {
             locked_until: None,
             version: 0,
         };
-        let mut draft = Draft {
-            user,
-            totp: None,
-            totp_change: TotpChange::Keep,
-            events: Vec::new(),
-            at,
-            creator: caller.subject.clone(),
-        };
+        let mut draft = Draft::of_new_user(user, at, caller.subject.clone());
         draft.append(
             events::USER_ADDED,
             json!({ "username": username, "resourceOwner": org }),
         );
         if let Some(secret) = new.totp_secret {
-            let sealed = self.keys.seal(&user_id, &secret, &mut rand::thread_rng());
+            let sealed = rules::seal_secret(&self.keys, &user_id, &secret);
             draft.put_totp(TotpRecord {
                 state: TotpState::Ready,
                 secret: sealed,
@@ -623,7 +314,7 @@ impl Service {
             draft.append(events::OTP_ADDED, json!({ "imported": true }));
             draft.append(events::OTP_VERIFIED, json!({ "imported": true }));
         }
-        let changes = draft.finish();
+        let changes = draft.finish(Outcome::Accept);
         let committed = self
             .bounded(move |store| async move { store.insert_user(changes).await })
             .await?;
@@ -712,7 +403,7 @@ impl Service {
                 match self.reseal(&user_id).await {
                     Ok(()) => report.resealed += 1,
                     // Changed since it was listed (removed, or sealed anew): nothing to do.
-                    Err(Error::Rejected(NOTHING_TO_RESEAL)) => {}
+                    Err(Error::Rejected(error::NOTHING_TO_RESEAL)) => {}
                     Err(err) => {
                         tracing::warn!(user_id, error = %err, "could not re-seal a TOTP secret");
                         report.failed += 1;
@@ -722,27 +413,15 @@ impl Service {
         }
     }
 
-    /// Re-seals one user's secret under the active key, or refuses with [`NOTHING_TO_RESEAL`].
+    /// Re-seals one user's secret under the active key, or refuses with
+    /// [`error::NOTHING_TO_RESEAL`].
     async fn reseal(&self, user_id: &str) -> Result<(), Error> {
-        let service = self.clone();
-        let at = self.clock.now();
+        let (at, keys) = (self.clock.now(), self.keys.clone());
         let decision = Box::new(move |snapshot: Option<Snapshot>| {
-            let snapshot = snapshot.ok_or(Error::Rejected(NOTHING_TO_RESEAL))?;
+            let snapshot = snapshot.ok_or(Error::Rejected(error::NOTHING_TO_RESEAL))?;
             let mut draft = Draft::new(snapshot, at, "rekey".to_owned());
-            let record = draft
-                .totp
-                .clone()
-                .filter(|record| record.secret.key_id != service.keys.active_key_id())
-                .ok_or(Error::Rejected(NOTHING_TO_RESEAL))?;
-            let secret = service.open_secret(&draft.user.user_id, &record)?;
-            let sealed = service
-                .keys
-                .seal(&draft.user.user_id, &secret, &mut rand::thread_rng());
-            draft.put_totp(TotpRecord {
-                secret: sealed,
-                ..record
-            });
-            Ok(draft.finish())
+            let outcome = rules::reseal(&mut draft, &keys)?;
+            Ok(draft.finish(outcome))
         });
         let user_id = user_id.to_owned();
         self.bounded(move |store| async move { store.update(&user_id, decision).await })
@@ -763,4 +442,165 @@ fn generate_user_id() -> String {
     rand::thread_rng()
         .gen_range(100_000_000_000_000_000u64..1_000_000_000_000_000_000u64)
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The service's orchestration (access, the order of checks, what a refusal writes) over an
+    //! in-memory store: no database, no server.
+
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::clock::ManualClock;
+    use crate::domain::memory::MemoryStore;
+    use crate::domain::totp::Algorithm;
+
+    const NOW: Timestamp = Timestamp(1_800_000_015_000_000);
+
+    struct Fixture {
+        service: Service,
+        store: Arc<MemoryStore>,
+        clock: Arc<ManualClock>,
+    }
+
+    fn fixture() -> Fixture {
+        let store = Arc::new(MemoryStore::default());
+        let clock = Arc::new(ManualClock::new(NOW));
+        let keys = KeyRing::parse(&KeyRing::generate_entry("k1", &mut rand::thread_rng())).unwrap();
+        let settings = Settings {
+            max_attempts: 3,
+            ..Settings::default()
+        };
+        let service = Service::new(store.clone(), clock.clone(), keys, settings);
+        Fixture {
+            service,
+            store,
+            clock,
+        }
+    }
+
+    fn caller(subject: &str, grants: &[(&str, &str)]) -> Caller {
+        let mut map: HashMap<String, HashSet<String>> = HashMap::new();
+        for (permission, org) in grants {
+            map.entry((*permission).to_owned())
+                .or_default()
+                .insert((*org).to_owned());
+        }
+        Caller {
+            subject: subject.to_owned(),
+            resource_owner: None,
+            grants: map,
+        }
+    }
+
+    fn admin() -> Caller {
+        caller(
+            "admin",
+            &[
+                ("user.write", "*"),
+                ("user.read", "*"),
+                ("user.credential.write", "*"),
+                ("session.write", "*"),
+            ],
+        )
+    }
+
+    fn id(raw: &str) -> UserId {
+        UserId::parse(raw, "Test").unwrap()
+    }
+
+    fn code(secret: &Secret, at: Timestamp) -> TotpCode {
+        let step = totp::step_at(at.unix_seconds(), totp::PERIOD);
+        let code = totp::code_for_step(secret, step, totp::DIGITS, Algorithm::Sha1);
+        TotpCode::parse(&code, "Test").unwrap()
+    }
+
+    async fn alice_with_ready_factor(f: &Fixture) -> Secret {
+        let new = NewHuman {
+            user_id: Some(id("alice")),
+            username: None,
+            org_id: Some("acme".into()),
+            profile: Profile::default(),
+            email: "alice@example.com".into(),
+            email_verified: false,
+            totp_secret: None,
+        };
+        f.service.add_human_user(&admin(), new).await.unwrap();
+        let secret = f
+            .service
+            .register_totp(&admin(), &id("alice"))
+            .await
+            .unwrap()
+            .secret;
+        f.service
+            .verify_totp_registration(&admin(), &id("alice"), &code(&secret, NOW))
+            .await
+            .unwrap();
+        secret
+    }
+
+    #[tokio::test]
+    async fn a_wrong_code_is_recorded_then_refused_and_the_lock_comes_at_max_attempts() {
+        let f = fixture();
+        let secret = alice_with_ready_factor(&f).await;
+        let wrong = TotpCode::parse("000000", "Test").unwrap();
+        let right = code(&secret, NOW);
+        assert_ne!(wrong, right);
+        for _ in 0..3 {
+            let refused = f.service.check_totp(&admin(), &id("alice"), &wrong).await;
+            assert_eq!(refused, Err(error::INVALID_CODE.into()));
+        }
+        // Locked: even the right code is not evaluated, and nothing more is appended.
+        let locked = f.service.check_totp(&admin(), &id("alice"), &right).await;
+        assert_eq!(locked, Err(error::USER_LOCKED.into()));
+        assert_eq!(
+            f.store.event_types("alice"),
+            [
+                events::USER_ADDED,
+                events::OTP_ADDED,
+                events::OTP_VERIFIED,
+                events::OTP_CHECK_FAILED,
+                events::OTP_CHECK_FAILED,
+                events::OTP_CHECK_FAILED,
+                events::USER_LOCKED,
+            ]
+        );
+        // The automatic lock runs out; then the next step's code is accepted.
+        f.clock.advance(Duration::from_secs(301));
+        let later = code(&secret, f.clock.now());
+        f.service
+            .check_totp(&admin(), &id("alice"), &later)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn access_is_checked_before_anything_is_decided() {
+        let f = fixture();
+        alice_with_ready_factor(&f).await;
+        let stranger = caller("bob", &[("session.write", "other-org")]);
+        let code = TotpCode::parse("123456", "Test").unwrap();
+        assert_eq!(
+            f.service.check_totp(&stranger, &id("alice"), &code).await,
+            Err(error::NO_PERMISSION.into())
+        );
+        let nobody = caller("carol", &[]);
+        assert_eq!(
+            f.service.check_totp(&nobody, &id("nobody"), &code).await,
+            Err(error::NO_PERMISSION.into()),
+            "no permission anywhere: refused before the user is looked up"
+        );
+        assert_eq!(
+            f.service.check_totp(&admin(), &id("nobody"), &code).await,
+            Err(error::USER_NOT_FOUND.into())
+        );
+        assert_eq!(
+            f.store.event_types("alice").len(),
+            3,
+            "refusals append nothing"
+        );
+    }
 }

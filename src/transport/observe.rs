@@ -10,8 +10,8 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::Error;
-use crate::store::postgres::reader::READ_BATCH_SIZE;
-use crate::store::postgres::writer::WRITE_BATCH_SIZE;
+use crate::domain::error;
+use crate::telemetry::{self, Family, Kind};
 
 /// How a request arrived.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +54,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), &buckets)
             .expect("bucket list is not empty")
             .set_buckets_for_metric(
-                // WRITE_BATCH_SIZE and READ_BATCH_SIZE
+                // The store's batch sizes (`totp_db_*_batch_size`).
                 Matcher::Suffix("_batch_size".to_owned()),
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             )
@@ -75,71 +75,59 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 }
             })
             .expect("the metrics upkeep thread starts");
-        for family in FAMILIES {
-            let help = family.help;
-            match family.kind {
-                "counter" => metrics::describe_counter!(family.name, help),
-                "gauge" => metrics::describe_gauge!(family.name, help),
-                _ => metrics::describe_histogram!(family.name, help),
-            }
+        for family in REQUEST_FAMILIES {
+            telemetry::describe(family);
         }
         handle
     })
 }
 
-/// A metric family the service exports.
-struct Family {
-    name: &'static str,
-    /// Prometheus's type name.
-    kind: &'static str,
-    help: &'static str,
-}
-
-/// Every family, described once: the exporter takes the help texts from here, and
-/// [`render`] shows each family from the start, before it has a sample.
-const FAMILIES: [Family; 6] = [
+/// The families this module records.
+const REQUEST_FAMILIES: [Family; 4] = [
     Family {
         name: REQUESTS,
-        kind: "counter",
+        kind: Kind::Counter,
         help: "Requests by RPC, protocol and gRPC status code",
     },
     Family {
         name: DURATION,
-        kind: "histogram",
+        kind: Kind::Histogram,
         help: "Request latency in seconds by RPC and protocol",
     },
     Family {
         name: CODE_OUTCOMES,
-        kind: "counter",
+        kind: Kind::Counter,
         help: "Submitted TOTP codes by RPC (verify, check) and outcome (ok, invalid, replayed, locked)",
     },
     Family {
         name: DB_CONNECTIONS,
-        kind: "gauge",
+        kind: Kind::Gauge,
         help: "Database pool connections by state (in_use, idle)",
-    },
-    Family {
-        name: WRITE_BATCH_SIZE,
-        kind: "histogram",
-        help: "Postgres: commands written per statement by group commit",
-    },
-    Family {
-        name: READ_BATCH_SIZE,
-        kind: "histogram",
-        help: "Postgres: commands' user reads per statement",
     },
 ];
 
-/// The Prometheus text of every family: the exporter's samples, and the `HELP` and `TYPE` lines
-/// of the families without one yet (so that dashboards and alerts find every family from the
-/// first scrape).
+/// The Prometheus text of every family of the catalogue (see [`telemetry`]): the exporter's
+/// samples, and the `HELP` and `TYPE` lines of the families without one yet, so that dashboards
+/// and alerts find every family from the first scrape.
 pub fn render() -> String {
-    let mut text = prometheus().render();
-    for family in FAMILIES {
+    let handle = prometheus();
+    let families = telemetry::families();
+    for family in &families {
+        match family.kind {
+            Kind::Counter => metrics::describe_counter!(family.name, family.help),
+            Kind::Gauge => metrics::describe_gauge!(family.name, family.help),
+            Kind::Histogram => metrics::describe_histogram!(family.name, family.help),
+        }
+    }
+    let mut text = handle.render();
+    for family in families {
         if !text.contains(&format!("# TYPE {} ", family.name)) {
             text.push_str(&format!(
                 "# HELP {} {}\n# TYPE {} {}\n",
-                family.name, family.help, family.name, family.kind
+                family.name,
+                family.help,
+                family.name,
+                family.kind.as_str()
             ));
         }
     }
@@ -182,10 +170,10 @@ pub fn finish(rpc: &'static str, protocol: Protocol, started: Instant, error: Op
     } {
         let outcome = match error {
             None => Some("ok"),
-            Some(Error::Rejected(rejection)) => match rejection.id {
-                "EVENT-8isk2" => Some("invalid"),
-                "TOTP-Auw0a" => Some("replayed"),
-                "COMMAND-SF3fg" => Some("locked"),
+            Some(Error::Rejected(rejection)) => match *rejection {
+                error::INVALID_CODE => Some("invalid"),
+                error::CODE_ALREADY_USED => Some("replayed"),
+                error::USER_LOCKED => Some("locked"),
                 _ => None,
             },
             Some(_) => None,

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::observe::{self, Protocol};
 use super::{Api, MAX_BODY_BYTES, rpc};
-use crate::domain::error::{Code, Error};
+use crate::domain::error::{self, Code, Error};
 use crate::domain::types::Caller;
 use crate::proto::totpservice::v1 as totp_pb;
 use crate::proto::zitadel::user::v2 as user_pb;
@@ -353,24 +353,13 @@ pub fn routes() -> Router<Api> {
 
 /// Unknown paths: 404 with the error body (code 5).
 pub async fn not_found() -> RestError {
-    RestError::with_status(
-        Error::Rejected(crate::domain::error::Rejection {
-            code: Code::NotFound,
-            id: "HTTP-n0tf0",
-            message: "Not Found",
-        }),
-        StatusCode::NOT_FOUND,
-    )
+    RestError::with_status(Error::Rejected(error::NOT_FOUND), StatusCode::NOT_FOUND)
 }
 
 /// A known path with the wrong method: 405 with the error body (code 12).
 pub async fn method_not_allowed() -> RestError {
     RestError::with_status(
-        Error::Rejected(crate::domain::error::Rejection {
-            code: Code::Unimplemented,
-            id: "HTTP-m3th0",
-            message: "Method Not Allowed",
-        }),
+        Error::Rejected(error::METHOD_NOT_ALLOWED),
         StatusCode::METHOD_NOT_ALLOWED,
     )
 }

@@ -24,6 +24,7 @@ use crate::domain::error::{Error, OVERLOADED};
 use crate::domain::store::Snapshot;
 use crate::store::classify;
 use crate::store::rows::{select_snapshot, snapshot_from_row};
+use crate::telemetry::{self, Family, Kind};
 
 /// The snapshots of the users in the text array `$1`.
 const SELECT_SNAPSHOTS: &str = select_snapshot!("u.user_id = ANY($1)");
@@ -53,6 +54,11 @@ impl GroupRead {
     /// Starts the reader tasks on `url`, their statements bounded by `timeout`; they stop when
     /// every handle is dropped.
     pub fn start(url: &str, timeout: Duration, capacity: usize) -> Self {
+        telemetry::describe(Family {
+            name: READ_BATCH_SIZE,
+            kind: Kind::Histogram,
+            help: "Postgres: user reads per grouped statement",
+        });
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..READERS {

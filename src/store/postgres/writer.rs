@@ -37,6 +37,7 @@ use crate::domain::store::{Changes, Snapshot};
 use crate::store::classify;
 use crate::store::optimistic::{Decision, SharedDecide, decide_on};
 use crate::store::rows::{EventRow, PutTotp, RowValues, TotpRow};
+use crate::telemetry::{self, Family, Kind};
 
 /// Most writes per statement.
 const MAX_BATCH: usize = 64;
@@ -163,6 +164,11 @@ impl GroupCommit {
     /// moment. A thread is woken by the kernel directly. (The readers stay on the runtime: on
     /// threads of their own they were slower. Measurements in docs/performance.md.)
     pub fn start(url: &str, timeout: Duration, capacity: usize) -> std::io::Result<Self> {
+        telemetry::describe(Family {
+            name: WRITE_BATCH_SIZE,
+            kind: Kind::Histogram,
+            help: "Postgres: commands written per statement by group commit",
+        });
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
