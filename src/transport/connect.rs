@@ -17,15 +17,14 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::errors::{connect_code, error_detail};
 use super::observe::{self, Protocol};
-use super::{Api, MAX_BODY_BYTES, rpc};
-use crate::domain::error::{self, Code, Error};
-use crate::domain::types::Caller;
-use crate::proto::zitadel::v1::ErrorDetail;
+use super::{Api, MAX_BODY_BYTES, rpcs};
+use crate::domain::error::{self, Error};
 
 /// How a Connect message is encoded.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Codec {
+pub(super) enum Codec {
     Json,
     Proto,
 }
@@ -81,39 +80,16 @@ impl Codec {
     }
 }
 
-/// Connect's name and HTTP status for a code.
-fn connect_code(code: Code) -> (&'static str, StatusCode) {
-    match code {
-        Code::InvalidArgument => ("invalid_argument", StatusCode::BAD_REQUEST),
-        Code::DeadlineExceeded => ("deadline_exceeded", StatusCode::GATEWAY_TIMEOUT),
-        Code::NotFound => ("not_found", StatusCode::NOT_FOUND),
-        Code::AlreadyExists => ("already_exists", StatusCode::CONFLICT),
-        Code::PermissionDenied => ("permission_denied", StatusCode::FORBIDDEN),
-        Code::ResourceExhausted => ("resource_exhausted", StatusCode::TOO_MANY_REQUESTS),
-        Code::FailedPrecondition => ("failed_precondition", StatusCode::BAD_REQUEST),
-        Code::Unimplemented => ("unimplemented", StatusCode::NOT_IMPLEMENTED),
-        Code::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
-        Code::Unavailable => ("unavailable", StatusCode::SERVICE_UNAVAILABLE),
-        Code::Unauthenticated => ("unauthenticated", StatusCode::UNAUTHORIZED),
-    }
-}
-
 /// An error as Connect's error JSON.
 pub(super) fn error_response(error: &Error) -> Response {
-    super::log_server_fault(error);
     let public = error.public();
     let (code, status) = connect_code(public.code);
-    let details: Vec<serde_json::Value> = public
-        .detail
-        .map(|(id, message)| {
-            let detail = ErrorDetail {
-                id: id.to_owned(),
-                message: message.to_owned(),
-            };
+    let details: Vec<serde_json::Value> = error_detail(&public)
+        .map(|detail| {
             serde_json::json!({
                 "type": "zitadel.v1.ErrorDetail",
                 "value": STANDARD_NO_PAD.encode(detail.encode_to_vec()),
-                "debug": { "id": id, "message": message },
+                "debug": { "id": detail.id, "message": detail.message },
             })
         })
         .into_iter()
@@ -123,7 +99,7 @@ pub(super) fn error_response(error: &Error) -> Response {
 }
 
 /// Decodes the request, runs the RPC and encodes its answer.
-async fn unary<Req, Resp, Fut>(
+pub(super) async fn unary<Req, Resp, Fut>(
     codec: Codec,
     body: &[u8],
     run: impl FnOnce(Req) -> Fut,
@@ -135,37 +111,6 @@ where
 {
     let request = codec.decode(body)?;
     Ok(codec.encode(&run(request).await?))
-}
-
-/// Runs the RPC named by `path` (`/<package>.<Service>/<Method>`).
-async fn dispatch(
-    api: &Api,
-    caller: &Caller,
-    path: &str,
-    codec: Codec,
-    body: &[u8],
-) -> Option<(&'static str, Result<Vec<u8>, Error>)> {
-    let service = &api.service;
-    macro_rules! route {
-        ($($path:literal => $name:literal, $rpc:path;)*) => {
-            match path {
-                $($path => Some(($name, unary(codec, body, |request| $rpc(service, caller, request)).await)),)*
-                _ => None,
-            }
-        };
-    }
-    route! {
-        "/zitadel.user.v2.UserService/AddHumanUser" => "AddHumanUser", rpc::add_human_user;
-        "/zitadel.user.v2.UserService/GetUserByID" => "GetUserByID", rpc::get_user_by_id;
-        "/zitadel.user.v2.UserService/DeleteUser" => "DeleteUser", rpc::delete_user;
-        "/zitadel.user.v2.UserService/LockUser" => "LockUser", rpc::lock_user;
-        "/zitadel.user.v2.UserService/UnlockUser" => "UnlockUser", rpc::unlock_user;
-        "/zitadel.user.v2.UserService/ListAuthenticationMethodTypes" => "ListAuthenticationMethodTypes", rpc::list_authentication_method_types;
-        "/zitadel.user.v2.UserService/RegisterTOTP" => "RegisterTOTP", rpc::register_totp;
-        "/zitadel.user.v2.UserService/VerifyTOTPRegistration" => "VerifyTOTPRegistration", rpc::verify_totp_registration;
-        "/zitadel.user.v2.UserService/RemoveTOTP" => "RemoveTOTP", rpc::remove_totp;
-        "/totpservice.v1.TOTPService/CheckTOTP" => "CheckTOTP", rpc::check_totp;
-    }
 }
 
 /// Middleware on the gRPC paths: answers Connect requests, passes the rest on.
@@ -192,7 +137,8 @@ pub async fn intercept(State(api): State<Api>, request: Request, next: Next) -> 
         Ok(body) => body,
         Err(_) => return error_response(&Error::Rejected(error::BODY_TOO_LARGE)),
     };
-    let Some((rpc_name, result)) = dispatch(&api, &caller, &path, codec, &body).await else {
+    let Some((rpc_name, result)) = rpcs::connect_dispatch(&api, &caller, &path, codec, &body).await
+    else {
         // A path with no procedure: HTTP 404 as Connect servers answer it (their router finds no
         // handler), with the `unimplemented` code Connect clients read from a 404.
         let mut response = error_response(&Error::Rejected(error::NO_SUCH_METHOD));

@@ -7,33 +7,23 @@ use tonic::{Request, Response, Status};
 use std::time::Instant;
 
 use super::Api;
+use super::errors::{ERROR_DETAIL_TYPE_URL, error_detail};
 use super::observe::{self, Protocol};
-use super::rpc;
+use super::{messages, rpcs};
 use crate::domain::Error;
 use crate::domain::types::Caller;
 use crate::proto::google::rpc::Status as RpcStatus;
 use crate::proto::totpservice::v1::{self as totp_pb, totp_service_server::TotpService};
 use crate::proto::zitadel::user::v2::{self as user_pb, user_service_server::UserService};
-use crate::proto::zitadel::v1::ErrorDetail;
-
-/// Type URL of the error detail in `grpc-status-details-bin`.
-pub const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/zitadel.v1.ErrorDetail";
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        super::log_server_fault(&error);
         let public = error.public();
         let code = tonic::Code::from_i32(public.code as i32);
-        let details = public
-            .detail
-            .map(|(id, message)| pbjson_types::Any {
+        let details = error_detail(&public)
+            .map(|detail| pbjson_types::Any {
                 type_url: ERROR_DETAIL_TYPE_URL.to_owned(),
-                value: ErrorDetail {
-                    id: id.to_owned(),
-                    message: message.to_owned(),
-                }
-                .encode_to_vec()
-                .into(),
+                value: detail.encode_to_vec().into(),
             })
             .into_iter()
             .collect();
@@ -58,7 +48,7 @@ impl Api {
 
 /// Authenticates, runs the shared RPC function, records the outcome and wraps the answer.
 macro_rules! unary {
-    ($self:ident, $request:ident, $name:literal, $rpc:path) => {{
+    ($self:ident, $request:ident, $rpc:expr, $run:path) => {{
         let started = Instant::now();
         let protocol = $request
             .extensions()
@@ -67,10 +57,10 @@ macro_rules! unary {
             .unwrap_or(Protocol::Grpc);
         let result = async {
             let caller = $self.caller(&$request).await?;
-            $rpc(&$self.service, &caller, $request.into_inner()).await
+            $run(&$self.service, &caller, $request.into_inner()).await
         }
         .await;
-        observe::finish($name, protocol, started, result.as_ref().err());
+        observe::finish($rpc.name, protocol, started, result.as_ref().err());
         Ok(Response::new(result?))
     }};
 }
@@ -81,35 +71,45 @@ impl UserService for Api {
         &self,
         request: Request<user_pb::AddHumanUserRequest>,
     ) -> Result<Response<user_pb::AddHumanUserResponse>, Status> {
-        unary!(self, request, "AddHumanUser", rpc::add_human_user)
+        unary!(
+            self,
+            request,
+            rpcs::ADD_HUMAN_USER,
+            messages::add_human_user
+        )
     }
 
     async fn get_user_by_id(
         &self,
         request: Request<user_pb::GetUserByIdRequest>,
     ) -> Result<Response<user_pb::GetUserByIdResponse>, Status> {
-        unary!(self, request, "GetUserByID", rpc::get_user_by_id)
+        unary!(
+            self,
+            request,
+            rpcs::GET_USER_BY_ID,
+            messages::get_user_by_id
+        )
     }
 
     async fn delete_user(
         &self,
         request: Request<user_pb::DeleteUserRequest>,
     ) -> Result<Response<user_pb::DeleteUserResponse>, Status> {
-        unary!(self, request, "DeleteUser", rpc::delete_user)
+        unary!(self, request, rpcs::DELETE_USER, messages::delete_user)
     }
 
     async fn lock_user(
         &self,
         request: Request<user_pb::LockUserRequest>,
     ) -> Result<Response<user_pb::LockUserResponse>, Status> {
-        unary!(self, request, "LockUser", rpc::lock_user)
+        unary!(self, request, rpcs::LOCK_USER, messages::lock_user)
     }
 
     async fn unlock_user(
         &self,
         request: Request<user_pb::UnlockUserRequest>,
     ) -> Result<Response<user_pb::UnlockUserResponse>, Status> {
-        unary!(self, request, "UnlockUser", rpc::unlock_user)
+        unary!(self, request, rpcs::UNLOCK_USER, messages::unlock_user)
     }
 
     async fn list_authentication_method_types(
@@ -119,8 +119,8 @@ impl UserService for Api {
         unary!(
             self,
             request,
-            "ListAuthenticationMethodTypes",
-            rpc::list_authentication_method_types
+            rpcs::LIST_AUTHENTICATION_METHOD_TYPES,
+            messages::list_authentication_method_types
         )
     }
 
@@ -128,7 +128,7 @@ impl UserService for Api {
         &self,
         request: Request<user_pb::RegisterTotpRequest>,
     ) -> Result<Response<user_pb::RegisterTotpResponse>, Status> {
-        unary!(self, request, "RegisterTOTP", rpc::register_totp)
+        unary!(self, request, rpcs::REGISTER_TOTP, messages::register_totp)
     }
 
     async fn verify_totp_registration(
@@ -138,8 +138,8 @@ impl UserService for Api {
         unary!(
             self,
             request,
-            "VerifyTOTPRegistration",
-            rpc::verify_totp_registration
+            rpcs::VERIFY_TOTP_REGISTRATION,
+            messages::verify_totp_registration
         )
     }
 
@@ -147,7 +147,7 @@ impl UserService for Api {
         &self,
         request: Request<user_pb::RemoveTotpRequest>,
     ) -> Result<Response<user_pb::RemoveTotpResponse>, Status> {
-        unary!(self, request, "RemoveTOTP", rpc::remove_totp)
+        unary!(self, request, rpcs::REMOVE_TOTP, messages::remove_totp)
     }
 }
 
@@ -157,6 +157,6 @@ impl TotpService for Api {
         &self,
         request: Request<totp_pb::CheckTotpRequest>,
     ) -> Result<Response<totp_pb::CheckTotpResponse>, Status> {
-        unary!(self, request, "CheckTOTP", rpc::check_totp)
+        unary!(self, request, rpcs::CHECK_TOTP, messages::check_totp)
     }
 }

@@ -1,17 +1,19 @@
 //! HTTP, gRPC and JSON, and nothing of SQL: one axum router on one port serving REST, gRPC
 //! (h2c) and gRPC-web for every RPC, plus health, readiness, gRPC health and reflection.
-//! Authentication is [`auth::Authenticator`], used by both faces; errors are mapped to the wire in
-//! `grpc.rs` (tonic `Status`) and `rest.rs` (the REST error body) and nowhere else.
+//! Every RPC is declared once in [`rpcs`]; authentication is [`auth::Authenticator`], used by
+//! every protocol; how an error looks on each protocol is decided in [`errors`].
 
 pub mod auth;
 pub mod body;
 pub mod codec;
 pub mod connect;
+pub mod errors;
 pub mod grpc;
+pub mod messages;
 pub mod observe;
 pub mod openapi;
 pub mod rest;
-pub mod rpc;
+pub mod rpcs;
 pub mod ui;
 
 use std::convert::Infallible;
@@ -32,7 +34,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::domain::{Error, Service as Domain};
+use crate::domain::Service as Domain;
 use crate::proto;
 use auth::Authenticator;
 
@@ -72,15 +74,6 @@ impl std::ops::Deref for Api {
 
     fn deref(&self) -> &ApiParts {
         &self.0
-    }
-}
-
-/// Logs the cause of an unexpected failure; the client only sees the generic message. (A
-/// database outage is logged by the domain once when it begins and once when it ends, not for
-/// every request it fails.)
-pub(crate) fn log_server_fault(error: &Error) {
-    if let Error::Internal(_) = error {
-        tracing::error!(error = %error, "request failed");
     }
 }
 
@@ -319,7 +312,7 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
         codec::client_mistakes_are_invalid_argument,
     ));
 
-    let rest = rest::routes()
+    let rest = rpcs::rest_routes()
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
         .route("/metrics", get(rest::metrics))

@@ -146,10 +146,23 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// Records one finished RPC: counter and latency, the code outcome for Verify and Check, and
-/// the `outcome` field of the request's span.
+/// Logs the cause of an unexpected failure; the client only sees the generic message. (A
+/// database outage is logged by the domain once when it begins and once when it ends, not for
+/// every request it fails.)
+pub fn log_server_fault(error: &Error) {
+    if let Error::Internal(_) = error {
+        tracing::error!(error = %error, "request failed");
+    }
+}
+
+/// Records one finished RPC of any protocol: counter and latency, the code outcome for Verify
+/// and Check, the fields of the request's span, and the cause of an unexpected failure in the
+/// log (the one place errors are logged).
 pub fn finish(rpc: &'static str, protocol: Protocol, started: Instant, error: Option<&Error>) {
     prometheus();
+    if let Some(error) = error {
+        log_server_fault(error);
+    }
     let code = error.map_or(0, |error| error.code() as i32);
     let elapsed = started.elapsed().as_secs_f64();
     REQUEST_METRICS.with_borrow_mut(|handles| {

@@ -1,7 +1,9 @@
-//! `GET /openapi.json`: an OpenAPI 3 description of the REST face, built here beside the routes
-//! it describes. A test checks every documented path and status against the running server.
+//! `GET /openapi.json`: an OpenAPI 3 description of the REST face: the operations come from the
+//! table of RPCs ([`rpcs::ALL`]), the message schemas are written here. A test checks every documented path and status against the running server.
 
 use serde_json::{Value, json};
+
+use super::rpcs;
 
 fn reference(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -19,7 +21,7 @@ fn error_response(description: &str) -> Value {
 }
 
 /// The responses of an operation answering `schema` on success; every call may fail with
-/// 400, 401, 403, 404 and 500 in the shape of `Error`.
+/// 400, 401, 403, 404, 429, 500 and 503 in the shape of `Error`.
 fn responses(schema: &str, extra: &[(&str, &str)]) -> Value {
     let mut responses = json!({
         "200": { "description": "OK", "content": { "application/json": { "schema": reference(schema) } } },
@@ -27,7 +29,9 @@ fn responses(schema: &str, extra: &[(&str, &str)]) -> Value {
         "401": error_response("Missing or invalid token (code 16)"),
         "403": error_response("No matching permissions (code 7)"),
         "404": error_response("User or registration not found (code 5)"),
+        "429": error_response("The service is overloaded, try again later (code 8)"),
         "500": error_response("Internal error (code 13)"),
+        "503": error_response("The database is unavailable, try again later (code 14)"),
     });
     for (status, description) in extra {
         responses[*status] = error_response(description);
@@ -65,10 +69,28 @@ fn object(properties: Value, required: &[&str]) -> Value {
     json!({ "type": "object", "properties": properties, "required": required })
 }
 
+/// The operations of every RPC of the table, by REST path.
+fn paths() -> Value {
+    let mut paths = serde_json::Map::new();
+    for rpc in rpcs::ALL {
+        let item = paths.entry(rpc.rest_path).or_insert_with(|| json!({}));
+        if rpc.rest_path.contains("{userId}") {
+            item["parameters"] = json!([user_id_parameter()]);
+        }
+        let summary = format!("{} (permission: {})", rpc.summary, rpc.permission);
+        item[rpc.rest_method.as_str().to_lowercase()] = operation(
+            rpc.name,
+            &summary,
+            rpc.body_schema,
+            rpc.response_schema,
+            rpc.extra_statuses,
+        );
+    }
+    Value::Object(paths)
+}
+
 /// The document.
 pub fn document() -> Value {
-    let too_large = ("413", "Body over 64 KiB (code 3)");
-    let user_path = |op: Value| json!({ "parameters": [user_id_parameter()], "post": op });
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -139,28 +161,6 @@ pub fn document() -> Value {
                 }), &["details"]),
             }
         },
-        "paths": {
-            "/v2/users/human": {
-                "post": operation("AddHumanUser", "Add a human user (optionally with an imported TOTP)", Some("AddHumanUserRequest"), "AddHumanUserResponse", &[("409", "User already exists (code 6)"), too_large]),
-            },
-            "/v2/users/{userId}": {
-                "parameters": [user_id_parameter()],
-                "get": operation("GetUserByID", "Get a user", None, "GetUserByIDResponse", &[]),
-                "delete": operation("DeleteUser", "Delete a user", None, "DetailsResponse", &[]),
-            },
-            "/v2/users/{userId}/lock": user_path(operation("LockUser", "Lock a user until unlocked", Some("UserIdRequest"), "DetailsResponse", &[])),
-            "/v2/users/{userId}/unlock": user_path(operation("UnlockUser", "Unlock a user", Some("UserIdRequest"), "DetailsResponse", &[])),
-            "/v2/users/{userId}/authentication_methods": {
-                "parameters": [user_id_parameter()],
-                "get": operation("ListAuthenticationMethodTypes", "The user's ready authentication methods", None, "ListAuthenticationMethodTypesResponse", &[]),
-            },
-            "/v2/users/{userId}/totp": {
-                "parameters": [user_id_parameter()],
-                "post": operation("RegisterTOTP", "Register a TOTP (a pending one is replaced)", Some("UserIdRequest"), "RegisterTOTPResponse", &[("409", "TOTP already set up (code 6)")]),
-                "delete": operation("RemoveTOTP", "Remove the TOTP", None, "DetailsResponse", &[]),
-            },
-            "/v2/users/{userId}/totp/verify": user_path(operation("VerifyTOTPRegistration", "Verify the pending TOTP with its first code", Some("CodeRequest"), "DetailsResponse", &[too_large])),
-            "/v2/users/{userId}/totp/check": user_path(operation("CheckTOTP", "Check a code of the ready TOTP at login", Some("CodeRequest"), "DetailsResponse", &[too_large])),
-        }
+        "paths": paths(),
     })
 }

@@ -4,36 +4,18 @@
 
 use std::time::Instant;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
-use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 
+use super::errors::{ERROR_DETAIL_TYPE_URL, http_status};
 use super::observe::{self, Protocol};
-use super::{Api, MAX_BODY_BYTES, rpc};
-use crate::domain::error::{self, Code, Error};
+use super::{Api, MAX_BODY_BYTES};
+use crate::domain::error::{self, Error};
 use crate::domain::types::Caller;
-use crate::proto::totpservice::v1 as totp_pb;
-use crate::proto::zitadel::user::v2 as user_pb;
-
-/// The HTTP status for a gRPC code (SPEC.md §4).
-pub fn http_status(code: Code) -> StatusCode {
-    match code {
-        Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists => StatusCode::CONFLICT,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unimplemented => StatusCode::METHOD_NOT_ALLOWED,
-        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
 
 /// A domain error as the REST error body `{code, message, details}`.
 pub struct RestError {
@@ -80,10 +62,9 @@ struct ErrorDetailBody {
 
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
-        super::log_server_fault(&self.error);
         let public = self.error.public();
         let detail = public.detail.map(|(id, message)| ErrorDetailBody {
-            type_url: super::grpc::ERROR_DETAIL_TYPE_URL,
+            type_url: ERROR_DETAIL_TYPE_URL,
             id,
             message,
         });
@@ -157,7 +138,8 @@ where
     }
 }
 
-async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
+/// The caller of a request's `Authorization` header.
+pub(super) async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
     let header = headers
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or(""));
@@ -167,12 +149,12 @@ async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
 /// The `{user_id}` of the path, percent-decoded; empty for the `/v2/users//…` form of the same
 /// route, so that an empty id is refused by validation (code 3) as on gRPC, not as an unknown
 /// path. A path whose id is not UTF-8 once decoded is code 3 with the REST error body.
-struct PathUserId(String);
+pub(super) struct PathUserId(pub String);
 
 /// A route whose path names its user without a `{user_id}` segment: `/v2/users/human` is
 /// AddHumanUser for `POST`, and the user whose id is `human` for `GET` and `DELETE`.
 #[derive(Clone, Copy)]
-struct FixedUserId(&'static str);
+pub(super) struct FixedUserId(pub &'static str);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathUserId {
     type Rejection = RestError;
@@ -196,48 +178,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PathUserId {
     }
 }
 
-/// A handler for a call whose request carries `user_id` in the path and the rest in the body.
-/// Authentication comes before the body is judged, as in ZITADEL.
-macro_rules! with_user_id {
-    ($name:ident, $rpc_name:literal, $request:ty, $rpc:path, body) => {
-        async fn $name(
-            State(api): State<Api>,
-            user_id: Result<PathUserId, RestError>,
-            headers: HeaderMap,
-            body: Result<JsonBody<$request>, RestError>,
-        ) -> Result<Response, RestError> {
-            let started = Instant::now();
-            let result = async {
-                let caller = caller(&api, &headers).await?;
-                let JsonBody(mut request) = body?;
-                request.user_id = user_id?.0;
-                Ok($rpc(&api.service, &caller, request).await?)
-            }
-            .await;
-            respond($rpc_name, started, result)
-        }
-    };
-    ($name:ident, $rpc_name:literal, $request:ty, $rpc:path) => {
-        async fn $name(
-            State(api): State<Api>,
-            user_id: Result<PathUserId, RestError>,
-            headers: HeaderMap,
-        ) -> Result<Response, RestError> {
-            let started = Instant::now();
-            let result = async {
-                let caller = caller(&api, &headers).await?;
-                let mut request = <$request>::default();
-                request.user_id = user_id?.0;
-                Ok($rpc(&api.service, &caller, request).await?)
-            }
-            .await;
-            respond($rpc_name, started, result)
-        }
-    };
-}
-
 /// Records the outcome of an RPC and turns it into the JSON response or the error body.
-fn respond<T: serde::Serialize>(
+pub(super) fn respond<T: serde::Serialize>(
     rpc: &'static str,
     started: Instant,
     result: Result<T, RestError>,
@@ -249,106 +191,6 @@ fn respond<T: serde::Serialize>(
         result.as_ref().err().map(|e| &e.error),
     );
     Ok(Json(result?).into_response())
-}
-
-with_user_id!(
-    register_totp,
-    "RegisterTOTP",
-    user_pb::RegisterTotpRequest,
-    rpc::register_totp,
-    body
-);
-with_user_id!(
-    verify_totp,
-    "VerifyTOTPRegistration",
-    user_pb::VerifyTotpRegistrationRequest,
-    rpc::verify_totp_registration,
-    body
-);
-with_user_id!(
-    check_totp,
-    "CheckTOTP",
-    totp_pb::CheckTotpRequest,
-    rpc::check_totp,
-    body
-);
-with_user_id!(
-    lock_user,
-    "LockUser",
-    user_pb::LockUserRequest,
-    rpc::lock_user,
-    body
-);
-with_user_id!(
-    unlock_user,
-    "UnlockUser",
-    user_pb::UnlockUserRequest,
-    rpc::unlock_user,
-    body
-);
-with_user_id!(
-    remove_totp,
-    "RemoveTOTP",
-    user_pb::RemoveTotpRequest,
-    rpc::remove_totp
-);
-with_user_id!(
-    get_user,
-    "GetUserByID",
-    user_pb::GetUserByIdRequest,
-    rpc::get_user_by_id
-);
-with_user_id!(
-    delete_user,
-    "DeleteUser",
-    user_pb::DeleteUserRequest,
-    rpc::delete_user
-);
-with_user_id!(
-    list_methods,
-    "ListAuthenticationMethodTypes",
-    user_pb::ListAuthenticationMethodTypesRequest,
-    rpc::list_authentication_method_types
-);
-
-async fn add_human_user(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: Result<JsonBody<user_pb::AddHumanUserRequest>, RestError>,
-) -> Result<Response, RestError> {
-    let started = Instant::now();
-    let result = async {
-        let caller = caller(&api, &headers).await?;
-        let JsonBody(request) = body?;
-        Ok(rpc::add_human_user(&api.service, &caller, request).await?)
-    }
-    .await;
-    respond("AddHumanUser", started, result)
-}
-
-/// The REST routes of the user service and of CheckTOTP.
-pub fn routes() -> Router<Api> {
-    let per_user: [(&str, MethodRouter<Api>); 7] = [
-        ("", get(get_user).delete(delete_user)),
-        ("/lock", post(lock_user)),
-        ("/unlock", post(unlock_user)),
-        ("/authentication_methods", get(list_methods)),
-        ("/totp", post(register_totp).delete(remove_totp)),
-        ("/totp/verify", post(verify_totp)),
-        ("/totp/check", post(check_totp)),
-    ];
-    let human = post(add_human_user).merge(
-        get(get_user)
-            .delete(delete_user)
-            .layer(Extension(FixedUserId("human"))),
-    );
-    let mut router = Router::new().route("/v2/users/human", human);
-    for (suffix, methods) in per_user {
-        router = router
-            .route(&format!("/v2/users/{{user_id}}{suffix}"), methods.clone())
-            .route(&format!("/v2/users/{suffix}"), methods);
-    }
-    router
 }
 
 /// Unknown paths: 404 with the error body (code 5).
@@ -390,7 +232,7 @@ pub async fn readyz(State(api): State<Api>) -> Response {
     match api.service.ready().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(err) => {
-            super::log_server_fault(&err);
+            observe::log_server_fault(&err);
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
         }
     }
