@@ -406,8 +406,7 @@ pub async fn get_and_delete_on_users_human_address_the_user_named_human(
         org: unique("org"),
         email: "human@example.com".into(),
     };
-    // (Routing does not depend on the database; this runs on SQLite, whose file is the test's
-    // own, so that the id `human` is free.)
+    // (Each test has a database of its own, so the id `human` is free.)
     h.add_human_user(&admin, human_request(&user))
         .await
         .unwrap();
@@ -484,13 +483,14 @@ pub async fn health_and_reflection_take_at_most_64_kib_too(backend: Backend, pro
 
 // ---- Postgres: one failing item among many ---------------------------------------------------
 
-/// A user whose row the service cannot read (its profile is not JSON), and a trigger that makes
-/// the database refuse every write of users whose id starts with `poisoned-`: stand-ins for any
-/// value a database refuses, which validation no longer lets through.
+/// In the test's database: a user whose row the service cannot read (its profile is not JSON),
+/// and a trigger that makes the database refuse every write of users whose id starts with
+/// `poisoned-`: stand-ins for any value a database refuses, which validation no longer lets
+/// through.
 async fn poison(h: &Harness) -> (String, TestUser) {
     use sqlx::Connection;
-    let url = std::env::var("DATABASE_URL").unwrap();
-    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let url = h.database_url().expect("a Postgres test");
+    let mut db = sqlx::PgConnection::connect(url).await.unwrap();
     let unreadable = unique("unreadable");
     sqlx::query(
         "INSERT INTO users (user_id, resource_owner, username, email, email_verified, profile, \
@@ -530,7 +530,6 @@ async fn poison(h: &Harness) -> (String, TestUser) {
     .execute(&mut db)
     .await
     .unwrap();
-    let _ = h;
     (unreadable, poisoned)
 }
 

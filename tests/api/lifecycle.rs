@@ -219,10 +219,7 @@ async fn readiness_turns_false_while_draining_and_requests_are_still_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_waits_for_a_database_that_is_not_up_yet() {
-    let real = reqwest::Url::parse(&std::env::var("DATABASE_URL").expect(
-        "this test needs DATABASE_URL; run scripts/test.sh, which starts a throwaway cluster",
-    ))
-    .unwrap();
+    let real = reqwest::Url::parse(&crate::support::fresh_database().await).unwrap();
     let real_address = format!(
         "{}:{}",
         real.host_str().unwrap(),

@@ -146,6 +146,7 @@ matrix!(
         rest_accepts_snake_case_and_camel_case_keys,
         rest_path_user_id_wins_over_body,
         json_null_means_the_field_is_absent,
+        get_and_delete_on_users_human_address_the_user_named_human,
     ]
 );
 

@@ -283,10 +283,7 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_logged_once_when_it_begins_and_once_when_it_ends() {
-    let database = url::Url::parse(&std::env::var("DATABASE_URL").expect(
-        "this test needs DATABASE_URL; run scripts/test.sh, which starts a throwaway cluster",
-    ))
-    .unwrap();
+    let database = url::Url::parse(&crate::support::fresh_database().await).unwrap();
     let upstream = format!(
         "{}:{}",
         database.host_str().unwrap(),
