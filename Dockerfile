@@ -1,8 +1,9 @@
-# Build: the same release build CI's toolchain makes; protoc comes from the build itself.
+# Build: the service alone (not the tools of the workspace), as CI builds it; protoc comes from
+# the build itself.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked
+RUN cargo build --release --locked -p totp-service
 
 # Run: a small image with the one binary, as a non-root user.
 FROM debian:bookworm-slim

@@ -18,7 +18,7 @@ SCENARIOS=${SCENARIOS:-check-valid,check-wrong,check-locked,verify}
 DATABASES=${DATABASES:-postgres,sqlite}
 seconds=${DURATION%s}
 
-cargo build --release --locked --bins >&2
+cargo build --release --locked --workspace --bins >&2
 bin=target/release
 work=$(mktemp -d /tmp/totp-bench.XXXXXX)
 pids=()

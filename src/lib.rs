@@ -9,14 +9,12 @@
 //! - [`crypto`]: sealing bytes at rest (the TOTP secrets).
 //! - [`telemetry`]: the catalogue of metric families every module describes its own in.
 //! - [`proto`]: the generated protobuf types.
-//! - [`grpc_web`]: gRPC-web framing for clients (tests, load generator).
 
 pub mod app;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod files;
-pub mod grpc_web;
 pub mod proto;
 pub mod store;
 pub mod telemetry;

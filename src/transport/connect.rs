@@ -17,8 +17,8 @@ use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::errors::{connect_code, error_detail};
 use super::observe::{self, Protocol};
+use super::status::{connect_code, error_detail};
 use super::{Api, MAX_BODY_BYTES, rpcs};
 use crate::domain::error::{self, Error};
 

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use std::time::Instant;
 
 use super::Api;
-use super::errors::{ERROR_DETAIL_TYPE_URL, error_detail};
 use super::observe::{self, Protocol};
+use super::status::{ERROR_DETAIL_TYPE_URL, error_detail};
 use super::{messages, rpcs};
 use crate::domain::Error;
 use crate::domain::types::Caller;

@@ -1,19 +1,19 @@
 //! HTTP, gRPC and JSON, and nothing of SQL: one axum router on one port serving REST, gRPC
 //! (h2c) and gRPC-web for every RPC, plus health, readiness, gRPC health and reflection.
 //! Every RPC is declared once in [`rpcs`]; authentication is [`auth::Authenticator`], used by
-//! every protocol; how an error looks on each protocol is decided in [`errors`].
+//! every protocol; how an error looks on each protocol is decided in [`status`].
 
 pub mod auth;
 pub mod body;
 pub mod codec;
 pub mod connect;
-pub mod errors;
 pub mod grpc;
 pub mod messages;
 pub mod observe;
 pub mod openapi;
 pub mod rest;
 pub mod rpcs;
+pub mod status;
 pub mod ui;
 
 use std::convert::Infallible;

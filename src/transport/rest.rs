@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::errors::{ERROR_DETAIL_TYPE_URL, http_status};
 use super::observe::{self, Protocol};
+use super::status::{ERROR_DETAIL_TYPE_URL, http_status};
 use super::{Api, MAX_BODY_BYTES};
 use crate::domain::error::{self, Error};
 use crate::domain::types::Caller;

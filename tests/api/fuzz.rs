@@ -119,10 +119,10 @@ fn body(rng: &mut StdRng, user: &str) -> Vec<u8> {
             json
         }
         4 => random_bytes(rng),
-        5 => totp_service::grpc_web::frame(&random_bytes(rng)),
+        5 => totp_client::grpc_web::frame(&random_bytes(rng)),
         _ => {
             // A frame whose length says more (or less) than follows.
-            let mut frame = totp_service::grpc_web::frame(&random_bytes(rng));
+            let mut frame = totp_client::grpc_web::frame(&random_bytes(rng));
             let claimed: u32 = rng.gen_range(0..100_000);
             frame[1..5].copy_from_slice(&claimed.to_be_bytes());
             frame
@@ -180,7 +180,7 @@ fn grpc_status(headers: &http::HeaderMap, bytes: &[u8]) -> Option<String> {
         .get("grpc-status")
         .map(|v| v.to_str().unwrap_or("").to_owned())
         .or_else(|| {
-            let (_, trailers) = totp_service::grpc_web::parse_body(bytes);
+            let (_, trailers) = totp_client::grpc_web::parse_body(bytes);
             trailers
                 .into_iter()
                 .find(|(k, _)| k == "grpc-status")

@@ -217,7 +217,7 @@ pub async fn malformed_messages_are_invalid_argument(backend: Backend, protocol:
         let code = match protocol {
             Protocol::Grpc => h.grpc_raw(method, &admin, message.to_vec()).await.0,
             Protocol::GrpcWeb => {
-                let body = totp_service::grpc_web::frame(message);
+                let body = totp_client::grpc_web::frame(message);
                 let (status, headers, bytes) = h.grpc_web_raw(method, &admin, body).await;
                 assert_eq!(status, 200);
                 grpc_web_status(&headers, &bytes)
@@ -260,7 +260,7 @@ pub async fn malformed_messages_are_invalid_argument(backend: Backend, protocol:
         Protocol::GrpcWeb => {
             for (path, body) in [
                 (method, Vec::new()),
-                (health, totp_service::grpc_web::frame(&[0x0a, 0x7f])),
+                (health, totp_client::grpc_web::frame(&[0x0a, 0x7f])),
             ] {
                 let (_, headers, bytes) = h.grpc_web_raw(path, &admin, body).await;
                 assert_eq!(grpc_web_status(&headers, &bytes), 3, "{path}");
@@ -272,7 +272,7 @@ pub async fn malformed_messages_are_invalid_argument(backend: Backend, protocol:
 
 /// The `grpc-status` of a gRPC-web answer (trailer frame or headers).
 fn grpc_web_status(headers: &http::HeaderMap, bytes: &[u8]) -> i32 {
-    let (_, trailers) = totp_service::grpc_web::parse_body(bytes);
+    let (_, trailers) = totp_client::grpc_web::parse_body(bytes);
     trailers
         .iter()
         .find(|(k, _)| k == "grpc-status")

@@ -364,10 +364,10 @@ impl Harness {
         Req: Message,
         Resp: Message + Default,
     {
-        let body = totp_service::grpc_web::frame(&request.encode_to_vec());
+        let body = totp_client::grpc_web::frame(&request.encode_to_vec());
         let (status, headers, bytes) = self.grpc_web_raw(method, auth, body).await;
         assert_eq!(status, 200, "gRPC-web answers HTTP 200");
-        let (messages, trailers) = totp_service::grpc_web::parse_body(&bytes);
+        let (messages, trailers) = totp_client::grpc_web::parse_body(&bytes);
         let field = |name: &str| {
             trailers
                 .iter()

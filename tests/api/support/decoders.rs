@@ -3,7 +3,6 @@
 use base64::Engine;
 use prost::Message;
 
-use totp_service::proto::google::rpc::Status as RpcStatus;
 use totp_service::proto::zitadel::v1::ErrorDetail;
 
 use super::*;
@@ -102,36 +101,10 @@ pub(super) fn connect_error(status: u16, headers: &http::HeaderMap, bytes: &[u8]
 }
 
 pub(super) fn decode_status_details(bytes: &[u8]) -> Vec<(String, String)> {
-    if bytes.is_empty() {
-        return vec![];
-    }
-    let status = RpcStatus::decode(bytes).expect("grpc-status-details-bin is a google.rpc.Status");
-    status
-        .details
-        .iter()
-        .map(|any| {
-            assert_eq!(any.type_url, "type.googleapis.com/zitadel.v1.ErrorDetail");
-            let detail = ErrorDetail::decode(any.value.as_ref()).expect("ErrorDetail decodes");
-            (detail.id, detail.message)
-        })
-        .collect()
+    totp_client::status::error_details(bytes)
+        .unwrap_or_else(|e| panic!("grpc-status-details-bin holds ErrorDetails: {e}"))
 }
 
 pub(super) fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(byte) = u8::from_str_radix(&text[i + 1..i + 3], 16)
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).expect("UTF-8 grpc-message")
+    totp_client::status::percent_decode(text)
 }

@@ -1,5 +1,5 @@
-//! gRPC-web framing for clients (the load generator and the tests): a message becomes a data
-//! frame, a response body splits into messages and the trailer frame's fields.
+//! gRPC-web framing: a message becomes a data frame, a response body splits into messages and the
+//! trailer frame's fields.
 
 /// A length-prefixed, uncompressed data frame holding `message`.
 pub fn frame(message: &[u8]) -> Vec<u8> {

@@ -21,15 +21,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 
+use totp_client::grpc_web;
 use totp_service::config::parse_duration;
 use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp::{self, Algorithm, Secret};
-use totp_service::grpc_web;
-use totp_service::proto::google::rpc::Status as RpcStatus;
 use totp_service::proto::totpservice::v1 as totp_pb;
 use totp_service::proto::zitadel::object::v2 as object_pb;
 use totp_service::proto::zitadel::user::v2 as user_pb;
-use totp_service::proto::zitadel::v1::ErrorDetail;
 
 #[derive(Parser)]
 #[command(about = "Load generator for totp-service")]
@@ -417,10 +415,13 @@ impl Client {
     }
 }
 
+/// The id of the first ErrorDetail of a gRPC error.
 fn detail_id(details: &[u8]) -> Option<String> {
-    let status = RpcStatus::decode(details).ok()?;
-    let detail = ErrorDetail::decode(status.details.first()?.value.as_ref()).ok()?;
-    Some(detail.id)
+    totp_client::status::error_details(details)
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|(id, _)| id)
 }
 
 // ---- provisioning -----------------------------------------------------------------------------
