@@ -13,8 +13,10 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::classify;
+use super::optimistic::to_the_end;
+use super::{classify, rows};
 use crate::domain::error::Error;
+use crate::domain::store::ConnectionStats;
 
 /// Up to `max` open connections to one database.
 #[derive(Debug)]
@@ -100,11 +102,11 @@ impl Connections {
         result
     }
 
-    /// (in use, idle) connections.
-    pub fn stats(&self) -> (u32, u32) {
+    /// Connections in use and idle.
+    pub fn stats(&self) -> ConnectionStats {
         let idle = self.idle.lock().expect("pool lock").len() as u32;
-        let leased = self.max - self.permits.available_permits() as u32;
-        (leased, idle)
+        let in_use = self.max - self.permits.available_permits() as u32;
+        ConnectionStats { in_use, idle }
     }
 
     /// Refuses further leases and closes the idle connections (the leased ones close when their
@@ -150,4 +152,35 @@ async fn connect(url: &str, setup: &[&str]) -> Result<AnyConnection, sqlx::Error
         connection.execute(*statement).await?;
     }
     Ok(connection)
+}
+
+/// The ids of users whose secret is sealed under another key than `key_id` (see
+/// `Store::totp_sealed_with_other_key`), read on the pool in a task of its own.
+pub(super) async fn totp_sealed_with_other_key(
+    connections: &Arc<Connections>,
+    admitted: &Arc<Semaphore>,
+    key_id: &str,
+    after: &str,
+    limit: u32,
+) -> Result<Vec<String>, Error> {
+    let connections = connections.clone();
+    let (key_id, after) = (key_id.to_owned(), after.to_owned());
+    to_the_end(admitted, async move {
+        connections
+            .with(async |conn| rows::totp_sealed_with_other_key(conn, &key_id, &after, limit).await)
+            .await
+    })
+    .await
+}
+
+/// Whether the database answers, asked on the pool in a task of its own.
+pub(super) async fn ping(
+    connections: &Arc<Connections>,
+    admitted: &Arc<Semaphore>,
+) -> Result<(), Error> {
+    let connections = connections.clone();
+    to_the_end(admitted, async move {
+        connections.with(async |conn| rows::ping(conn).await).await
+    })
+    .await
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::StoreOptions;
 use super::cache::SnapshotCache;
 use super::classify;
-use super::connections::Connections;
+use super::connections::{self, Connections};
 use super::optimistic::{self, Attempt, decide_on, to_the_end};
 use super::rows::{self, RowValues, select_snapshot, snapshot_from_row};
 use crate::domain::error::Error;
@@ -293,21 +293,18 @@ impl Store for SqliteStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, Error> {
-        let connections = self.connections.clone();
-        let (key_id, after) = (key_id.to_owned(), after.to_owned());
-        to_the_end(&self.admitted, async move {
-            connections
-                .with(async |conn| {
-                    rows::totp_sealed_with_other_key(conn, &key_id, &after, limit).await
-                })
-                .await
-        })
+        connections::totp_sealed_with_other_key(
+            &self.connections,
+            &self.admitted,
+            key_id,
+            after,
+            limit,
+        )
         .await
     }
 
     fn connection_stats(&self) -> ConnectionStats {
-        let (in_use, idle) = self.connections.stats();
-        ConnectionStats { in_use, idle }
+        self.connections.stats()
     }
 
     async fn close(&self) {
@@ -315,10 +312,6 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let connections = self.connections.clone();
-        to_the_end(&self.admitted, async move {
-            connections.with(async |conn| rows::ping(conn).await).await
-        })
-        .await
+        connections::ping(&self.connections, &self.admitted).await
     }
 }

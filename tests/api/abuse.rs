@@ -270,26 +270,6 @@ pub async fn secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them(
         .unwrap();
 }
 
-pub async fn requests_over_64_kib_are_refused(backend: Backend, protocol: Protocol) {
-    let h = Harness::start(Options::new(backend, protocol)).await;
-    let user = h.new_user().await;
-    let huge = "1".repeat(70 * 1024);
-    let error = h
-        .verify_totp(&h.admin(), &user.id, &huge)
-        .await
-        .unwrap_err();
-    match protocol {
-        Protocol::Rest => {
-            assert_eq!(error.code, 3, "{error:?}");
-            assert_eq!(error.http_status, Some(413), "{error:?}");
-        }
-        // RESOURCE_EXHAUSTED per the gRPC spec, or tonic's own OUT_OF_RANGE (SPEC.md §6).
-        _ => assert!(error.code == 8 || error.code == 11, "{error:?}"),
-    }
-    // The service is still fine.
-    h.get_user(&h.admin(), &user.id).await.unwrap();
-}
-
 pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protocol: Protocol) {
     let h = Harness::start(options(backend, protocol, 5)).await;
     let (user, secret) = h.user_with_pending_totp().await;

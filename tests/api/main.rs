@@ -89,7 +89,6 @@ every_protocol_and_backend!([
     an_instance_never_acts_on_a_state_another_instance_changed,
     wrong_codes_on_verify_count_towards_the_lockout,
     secrets_under_a_removed_key_fail_clearly_and_rekey_moves_them,
-    requests_over_64_kib_are_refused,
     metrics_count_requests_by_rpc_protocol_and_code,
     requests_that_take_too_long_are_abandoned,
     parallel_new_users_and_changes_do_not_starve_each_other,

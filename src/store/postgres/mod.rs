@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use super::StoreOptions;
 use super::cache::SnapshotCache;
-use super::connections::Connections;
+use super::connections::{self, Connections};
 use super::optimistic::{self, Attempt, decide_on, to_the_end};
 use super::rows;
 use crate::domain::error::Error;
@@ -140,21 +140,18 @@ impl Store for PostgresStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, Error> {
-        let connections = self.connections.clone();
-        let (key_id, after) = (key_id.to_owned(), after.to_owned());
-        to_the_end(&self.admitted, async move {
-            connections
-                .with(async |conn| {
-                    rows::totp_sealed_with_other_key(conn, &key_id, &after, limit).await
-                })
-                .await
-        })
+        connections::totp_sealed_with_other_key(
+            &self.connections,
+            &self.admitted,
+            key_id,
+            after,
+            limit,
+        )
         .await
     }
 
     fn connection_stats(&self) -> ConnectionStats {
-        let (in_use, idle) = self.connections.stats();
-        ConnectionStats { in_use, idle }
+        self.connections.stats()
     }
 
     async fn close(&self) {
@@ -162,10 +159,6 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        let connections = self.connections.clone();
-        to_the_end(&self.admitted, async move {
-            connections.with(async |conn| rows::ping(conn).await).await
-        })
-        .await
+        connections::ping(&self.connections, &self.admitted).await
     }
 }
