@@ -1,8 +1,9 @@
-//! A small connection pool for the request path.
+//! A small connection pool for the request path, and the storage tasks that run on it
+//! ([`to_the_end`]: bounded in number, finished once started, dropped unrun when their request
+//! stopped waiting first), with the pooled operations both stores share.
 //!
 //! sqlx's own pool tests every connection handed back with a ping, a database round trip per
-//! request that our commands do not need: storage work always runs to its end (see
-//! `Service::bounded`), every transaction is committed or rolled back explicitly, and a
+//! request that our commands do not need: storage work always runs to its end once started, every transaction is committed or rolled back explicitly, and a
 //! connection that saw a database error is dropped instead of reused. So a connection comes
 //! back in a known state, and the pool just keeps it.
 
@@ -13,10 +14,14 @@ use std::time::Duration;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::optimistic::to_the_end;
 use super::{classify, rows};
-use crate::domain::error::Error;
+use crate::domain::error::{self, Error};
 use crate::domain::store::ConnectionStats;
+
+tokio::task_local! {
+    /// In a storage task (see [`to_the_end`]): whether its request has stopped waiting.
+    static CALLER_GONE: Arc<AtomicBool>;
+}
 
 /// Up to `max` open connections to one database.
 #[derive(Debug)]
@@ -86,7 +91,8 @@ impl Connections {
 
     /// Runs `work` on a pooled connection. After a database failure the connection's state is
     /// unknown (a half-read answer, an open transaction), so it is dropped instead of reused; a
-    /// domain refusal leaves it clean.
+    /// domain refusal leaves it clean. Work of a storage task whose request stopped waiting while
+    /// it waited for the connection is not run (code 4, which nobody reads).
     pub async fn with<T>(
         &self,
         work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, Error>,
@@ -95,6 +101,12 @@ impl Connections {
             .acquire()
             .await
             .map_err(|e| classify("taking a database connection", e))?;
+        let abandoned = CALLER_GONE
+            .try_with(|gone| gone.load(Ordering::Relaxed))
+            .unwrap_or(false);
+        if abandoned {
+            return Err(error::TOO_SLOW.into());
+        }
         let result = work(lease.connection()).await;
         if result.as_ref().is_err_and(Error::is_server_fault) {
             lease.discard();
@@ -154,6 +166,41 @@ async fn connect(url: &str, setup: &[&str]) -> Result<AnyConnection, sqlx::Error
     Ok(connection)
 }
 
+/// Runs `work` in a task of its own, which goes on to its end when the caller stops waiting: a
+/// driver interrupted between sending a statement and reading its answer can leave a connection
+/// inside a transaction, holding locks (SQLite's write lock blocks every writer), and a SQLite
+/// command leading a group commit writes for the others too. Work whose caller has stopped
+/// waiting before it got a connection is dropped unrun (see [`Connections::with`]). When
+/// `admitted` has no place left, the work is refused at once (code 8) instead of queueing
+/// without bound.
+pub(super) async fn to_the_end<T: Send + 'static>(
+    admitted: &Arc<Semaphore>,
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    let place = admitted
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Rejected(error::OVERLOADED))?;
+    let abandoned = Arc::new(AtomicBool::new(false));
+    // Dropped with this future: when the caller stops waiting, or once the work is done.
+    let _caller = Waiting(abandoned.clone());
+    tokio::spawn(CALLER_GONE.scope(abandoned, async move {
+        let _place = place;
+        work.await
+    }))
+    .await
+    .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
+}
+
+/// Marks the work of [`to_the_end`] abandoned when the caller's future is dropped.
+struct Waiting(Arc<AtomicBool>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The ids of users whose secret is sealed under another key than `key_id` (see
 /// `Store::totp_sealed_with_other_key`), read on the pool in a task of its own.
 pub(super) async fn totp_sealed_with_other_key(
@@ -183,4 +230,52 @@ pub(super) async fn ping(
         connections.with(async |conn| rows::ping(conn).await).await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A request that stops waiting while its storage work waits for a connection: the work is
+    /// dropped unrun; one still waiting when the connection comes back runs.
+    #[tokio::test]
+    async fn work_whose_request_stopped_waiting_is_dropped_before_it_runs() {
+        sqlx::any::install_default_drivers();
+        let pool = Arc::new(
+            Connections::open("sqlite::memory:", &[], 1, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+        let admitted = Arc::new(Semaphore::new(8));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let work = |pool: Arc<Connections>, runs: Arc<AtomicUsize>| async move {
+            pool.with(async |_| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+            .await
+        };
+        let held = pool.acquire().await.unwrap();
+        let impatient = tokio::time::timeout(
+            Duration::from_millis(50),
+            to_the_end(&admitted, work(pool.clone(), runs.clone())),
+        );
+        assert!(impatient.await.is_err(), "the request gave up waiting");
+        let patient = tokio::spawn({
+            let (admitted, pool, runs) = (admitted.clone(), pool.clone(), runs.clone());
+            async move { to_the_end(&admitted, work(pool, runs)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        patient.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "only the waiting request's work ran"
+        );
+    }
 }

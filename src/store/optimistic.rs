@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::Semaphore;
 
 use super::cache::SnapshotCache;
-use crate::domain::error::{self, Error};
+use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, Decide, Snapshot, TotpChange};
 use crate::domain::types::{TotpRecord, UserRecord};
 
@@ -134,25 +133,4 @@ async fn back_off(attempt: u32) {
     let ceiling_micros = 200 * u64::from(attempt.min(20)) + 100;
     let pause = rand::thread_rng().gen_range(0..ceiling_micros);
     tokio::time::sleep(Duration::from_micros(pause)).await;
-}
-
-/// Runs `work` in a task of its own, which goes on to its end when the caller stops waiting: a
-/// driver interrupted between sending a statement and reading its answer can leave a connection
-/// inside a transaction, holding locks (SQLite's write lock blocks every writer), and a SQLite
-/// command leading a group commit writes for the others too. When `admitted` has no place left,
-/// the work is refused at once (code 8) instead of queueing without bound.
-pub(super) async fn to_the_end<T: Send + 'static>(
-    admitted: &Arc<Semaphore>,
-    work: impl Future<Output = Result<T, Error>> + Send + 'static,
-) -> Result<T, Error> {
-    let place = admitted
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Error::Rejected(error::OVERLOADED))?;
-    tokio::spawn(async move {
-        let _place = place;
-        work.await
-    })
-    .await
-    .map_err(|failed| Error::Internal(format!("storage task failed: {failed}")))?
 }

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use super::StoreOptions;
 use super::cache::SnapshotCache;
-use super::connections::{self, Connections};
-use super::optimistic::{self, Attempt, decide_on, to_the_end};
+use super::connections::{self, Connections, to_the_end};
+use super::optimistic::{self, Attempt, decide_on};
 use super::rows;
 use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
