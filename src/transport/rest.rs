@@ -20,7 +20,7 @@ use crate::domain::types::Caller;
 /// A domain error as the REST error body `{code, message, details}`.
 pub struct RestError {
     error: Error,
-    /// Overrides the status of the code (413 for an oversized body, 404/405 for routing).
+    /// Overrides the status of the code (413 and 408 for a body too large or too slow).
     status: Option<StatusCode>,
 }
 
@@ -195,15 +195,12 @@ pub(super) fn respond<T: serde::Serialize>(
 
 /// Unknown paths: 404 with the error body (code 5).
 pub async fn not_found() -> RestError {
-    RestError::with_status(Error::Rejected(error::NOT_FOUND), StatusCode::NOT_FOUND)
+    Error::Rejected(error::NOT_FOUND).into()
 }
 
 /// A known path with the wrong method: 405 with the error body (code 12).
 pub async fn method_not_allowed() -> RestError {
-    RestError::with_status(
-        Error::Rejected(error::METHOD_NOT_ALLOWED),
-        StatusCode::METHOD_NOT_ALLOWED,
-    )
+    Error::Rejected(error::METHOD_NOT_ALLOWED).into()
 }
 
 /// `GET /healthz`: the process is alive.

@@ -176,16 +176,8 @@ fn path(rng: &mut StdRng, user: &str) -> String {
 
 /// The gRPC status of an answer on the gRPC-web or gRPC paths (headers or trailer frame).
 fn grpc_status(headers: &http::HeaderMap, bytes: &[u8]) -> Option<String> {
-    headers
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap_or("").to_owned())
-        .or_else(|| {
-            let (_, trailers) = totp_client::grpc_web::parse_body(bytes);
-            trailers
-                .into_iter()
-                .find(|(k, _)| k == "grpc-status")
-                .map(|(_, v)| v)
-        })
+    let (_, trailers) = totp_client::grpc_web::parse_body(bytes);
+    totp_client::grpc_web::field(headers, &trailers, "grpc-status")
 }
 
 pub async fn random_requests_never_get_a_server_error(backend: Backend, protocol: Protocol) {

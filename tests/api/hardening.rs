@@ -273,15 +273,7 @@ pub async fn malformed_messages_are_invalid_argument(backend: Backend, protocol:
 /// The `grpc-status` of a gRPC-web answer (trailer frame or headers).
 fn grpc_web_status(headers: &http::HeaderMap, bytes: &[u8]) -> i32 {
     let (_, trailers) = totp_client::grpc_web::parse_body(bytes);
-    trailers
-        .iter()
-        .find(|(k, _)| k == "grpc-status")
-        .map(|(_, v)| v.clone())
-        .or_else(|| {
-            headers
-                .get("grpc-status")
-                .map(|v| v.to_str().unwrap().to_owned())
-        })
+    totp_client::grpc_web::field(headers, &trailers, "grpc-status")
         .expect("a grpc-status")
         .parse()
         .unwrap()

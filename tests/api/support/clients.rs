@@ -368,18 +368,7 @@ impl Harness {
         let (status, headers, bytes) = self.grpc_web_raw(method, auth, body).await;
         assert_eq!(status, 200, "gRPC-web answers HTTP 200");
         let (messages, trailers) = totp_client::grpc_web::parse_body(&bytes);
-        let field = |name: &str| {
-            trailers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| {
-                    headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned)
-                })
-        };
+        let field = |name: &str| totp_client::grpc_web::field(&headers, &trailers, name);
         let code: i32 = field("grpc-status").expect("grpc-status").parse().unwrap();
         if code == 0 {
             let first = messages.first().expect("a response message");

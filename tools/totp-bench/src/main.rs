@@ -351,18 +351,7 @@ impl Client {
                     .await
                     .map_err(|e| format!("transport: {e}"))?;
                 let (messages, trailers) = grpc_web::parse_body(&bytes);
-                let field = |name: &str| {
-                    trailers
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                        .or_else(|| {
-                            headers
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_owned)
-                        })
-                };
+                let field = |name: &str| grpc_web::field(&headers, &trailers, name);
                 match field("grpc-status").as_deref() {
                     Some("0") => messages
                         .first()

@@ -35,6 +35,25 @@ pub fn parse_body(mut bytes: &[u8]) -> (Vec<Vec<u8>>, Vec<(String, String)>) {
     (messages, trailers)
 }
 
+/// A field of a gRPC-web answer (`grpc-status`, `grpc-message`, …): from the trailer frame of
+/// `trailers` (see [`parse_body`]), else from the headers (a trailers-only answer).
+pub fn field(
+    headers: &http::HeaderMap,
+    trailers: &[(String, String)],
+    name: &str,
+) -> Option<String> {
+    trailers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+        .or_else(|| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
