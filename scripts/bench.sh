@@ -8,6 +8,10 @@
 #
 #   scripts/bench.sh                  # full matrix, 3 s per run (~9 minutes)
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
+#
+# A/B of builds: VARIANTS="a=/path/to/totp-service,b=/other/totp-service" runs the Postgres pass
+# once per variant in the order a b … b a (so drift over the run hits each variant alike), each
+# row labelled postgres-<name>; the cold pass and SQLite then run only with the first variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +20,7 @@ CONCURRENCY=${CONCURRENCY:-1,8,32}
 PROTOCOLS=${PROTOCOLS:-rest,grpc,grpc-web}
 SCENARIOS=${SCENARIOS:-check-valid,check-wrong,check-locked,verify}
 DATABASES=${DATABASES:-postgres,sqlite}
+VARIANTS=${VARIANTS:-}
 seconds=${DURATION%s}
 
 cargo build --release --locked --workspace --bins >&2
@@ -42,17 +47,18 @@ wait_ready() {
 
 results=$work/results.jsonl
 
-run_service() { # $1 = label, rest = env assignments
+service_bin=$bin/totp-service
+run_service() { # $1 = label, rest = env assignments; runs $service_bin
     local label=$1; shift
     local port; port=$(free_port)
     mkdir -p "$work/$label"
     env "$@" TOTP_DATA_DIR="$work/$label" TOTP_LISTEN="127.0.0.1:$port" TOTP_MAX_ATTEMPTS=1000000000 \
-        RUST_LOG=warn "$bin/totp-service" serve > "$work/$label.log" 2>&1 &
+        RUST_LOG=warn "$service_bin" serve > "$work/$label.log" 2>&1 &
     pids+=($!)
     service_pid=$!
     wait_ready "$port"
     local token
-    token=$(TOTP_DATA_DIR="$work/$label" "$bin/totp-service" token --sub bench \
+    token=$(TOTP_DATA_DIR="$work/$label" "$service_bin" token --sub bench \
         --grant 'user.write@*' --grant 'user.credential.write@*' --grant 'session.write@*')
     "$bin/totp-bench" run --json --target "http://127.0.0.1:$port" --token "$token" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --protocols "$PROTOCOLS" --scenarios "$SCENARIOS" \
@@ -107,8 +113,21 @@ measure_ceiling() { # $1 = before | after
 }
 measure_ceiling before
 
-echo "load on the service (Postgres) ..." >&2
-run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+if [ -z "$VARIANTS" ]; then
+    echo "load on the service (Postgres) ..." >&2
+    run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+else
+    IFS=, read -r -a variants <<< "$VARIANTS"
+    order=("${variants[@]}")
+    for (( i=${#variants[@]}-1; i>=0; i-- )); do order+=("${variants[i]}"); done
+    for variant in "${order[@]}"; do
+        name=${variant%%=*} service_bin=${variant#*=}
+        echo "load on the service (Postgres, variant $name: $service_bin) ..." >&2
+        run_service "postgres-$name" DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
+        rm -rf "${work:?}/postgres-$name"
+    done
+    service_bin=${variants[0]#*=}
+fi
 
 # The same targets with the user cache off ("postgres-cold"): every command reads the database
 # first, as when a user has not been seen for a while. At the highest concurrency only.
