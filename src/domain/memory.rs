@@ -56,15 +56,13 @@ impl State {
     }
 }
 
-/// What a written change answers: its details, or the refusal it recorded.
+/// What a written change left.
 fn answer(changes: Changes) -> Result<Committed, Error> {
-    match changes.then_fail {
-        Some(refusal) => Err(refusal),
-        None => Ok(Committed {
-            details: changes.user.details(),
-            user: changes.user,
-        }),
-    }
+    Ok(Committed {
+        details: changes.user.details(),
+        user: changes.user,
+        outcome: changes.outcome,
+    })
 }
 
 #[async_trait]

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::clock::Timestamp;
 use super::error::{self, Error, Rejection};
-use super::store::{Changes, NewEvent, Snapshot, TotpChange};
+use super::store::{Changes, NewEvent, Outcome, Snapshot, TotpChange};
 use super::totp::{self, CodeMatch, Secret};
 use super::types::{SealedSecret, TotpCode, TotpRecord, TotpState, UserRecord, UserState};
 use crate::crypto::{CryptoError, KeyRing};
@@ -50,15 +50,6 @@ impl Default for Settings {
             request_timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// What a rule decided, besides the draft's changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Write the changes and answer with success.
-    Accept,
-    /// Write the changes (a failed attempt is recorded), then answer with the refusal.
-    RecordAndRefuse(Rejection),
 }
 
 /// A user's state being changed by a rule; collects the events.
@@ -141,10 +132,7 @@ impl Draft {
             events: self.events,
             user: self.user,
             totp: self.totp_change,
-            then_fail: match outcome {
-                Outcome::Accept => None,
-                Outcome::RecordAndRefuse(refusal) => Some(refusal.into()),
-            },
+            outcome,
         }
     }
 

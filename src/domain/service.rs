@@ -15,8 +15,8 @@ use super::authz::Access;
 use super::clock::{Clock, Timestamp};
 use super::error::{self, Error};
 use super::outage::OutageLog;
-use super::rules::{self, CodeUse, Draft, Outcome};
-use super::store::{Committed, ConnectionStats, Snapshot, Store};
+use super::rules::{self, CodeUse, Draft};
+use super::store::{Committed, ConnectionStats, Outcome, Snapshot, Store};
 use super::totp::{self, Secret};
 use super::types::{
     Caller, Details, Permission, Profile, TotpCode, TotpRecord, TotpState, UserId, UserRecord,
@@ -152,8 +152,13 @@ impl Service {
             Ok(draft.finish(outcome))
         });
         let user_id = user_id.as_str().to_owned();
-        self.bounded(move |store| async move { store.update(&user_id, decision).await })
-            .await
+        let committed = self
+            .bounded(move |store| async move { store.update(&user_id, decision).await })
+            .await?;
+        match committed.outcome {
+            Outcome::Accept => Ok(committed),
+            Outcome::RecordAndRefuse(refusal) => Err(refusal.into()),
+        }
     }
 
     /// RegisterTOTP: a new pending secret (replacing a pending one), unless one is verified.

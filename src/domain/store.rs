@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 
 use super::clock::Timestamp;
-use super::error::Error;
+use super::error::{Error, Rejection};
 use super::types::{Details, TotpRecord, UserRecord};
 
 /// A user and its TOTP credential, as read inside (or outside) a transaction.
@@ -46,15 +46,27 @@ pub struct Changes {
     /// The user row after the change.
     pub user: UserRecord,
     pub totp: TotpChange,
-    /// A refusal to answer once the changes are committed (a wrong code is recorded, then refused).
-    pub then_fail: Option<Error>,
+    /// How the command is answered once the changes are written; the store hands it back in
+    /// [`Committed`] without looking at it.
+    pub outcome: Outcome,
 }
 
-/// What a committed write left: the details for the client and the user row as written.
+/// How a decision that writes is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Write the changes and answer with success.
+    Accept,
+    /// Write the changes (a failed attempt is recorded), then answer with the refusal.
+    RecordAndRefuse(Rejection),
+}
+
+/// What a committed write left: the details for the client, the user row as written, and the
+/// answer its decision chose.
 #[derive(Clone, Debug)]
 pub struct Committed {
     pub details: Details,
     pub user: UserRecord,
+    pub outcome: Outcome,
 }
 
 /// The domain's decision on the current state (`None` when the user does not exist). An `Err`

@@ -84,7 +84,7 @@ where
                     decision.totp_before,
                     decision.expected_version + 1,
                 ));
-                return committed(Arc::unwrap_or_clone(decision.changes));
+                return Ok(committed(Arc::unwrap_or_clone(decision.changes)));
             }
             Attempt::Refused(_) if from_cache => {}
             Attempt::Refused(refusal) => return Err(refusal),
@@ -114,16 +114,12 @@ pub(super) fn state_after(
     Snapshot { user, totp }
 }
 
-/// What a written command answers: its details, or the refusal it recorded (a wrong code is
-/// written, then refused).
-pub(super) fn committed(changes: Changes) -> Result<Committed, Error> {
-    let result = Committed {
+/// What a written command left.
+pub(super) fn committed(changes: Changes) -> Committed {
+    Committed {
         details: changes.user.details(),
         user: changes.user,
-    };
-    match changes.then_fail {
-        Some(refusal) => Err(refusal),
-        None => Ok(result),
+        outcome: changes.outcome,
     }
 }
 

@@ -43,11 +43,14 @@ pub(super) const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET \
 
 /// The columns of an event row, in the order [`EventRow`] binds them.
 const EVENT_COLUMNS: &str =
-    "user_id, sequence, event_type, payload, resource_owner, creator, created_at";
+    "user_id, sequence, event_type, payload, resource_owner, creator, created_at, command_id";
 
 /// The rows a decision writes.
 #[derive(Debug)]
 pub(super) struct RowValues {
+    /// A fresh id for this attempt to write, stored with each of its events: how a write whose
+    /// answer was lost is found again (see `postgres::in_doubt`).
+    pub command_id: String,
     pub user: UserRow,
     pub events: Vec<EventRow>,
     pub totp: TotpRow,
@@ -119,6 +122,7 @@ impl RowValues {
             TotpChange::Put(totp) => TotpRow::Put(PutTotp::of(totp)),
         };
         RowValues {
+            command_id: format!("{:032x}", rand::random::<u128>()),
             user: UserRow {
                 user_id: user.user_id.clone(),
                 state: user.state.as_str(),
@@ -153,32 +157,30 @@ fn placeholders(first: usize, count: usize) -> String {
     format!("({})", list.join(", "))
 }
 
-/// Appends `events` of `user_id` in one statement.
-pub(super) async fn insert_events(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    events: &[EventRow],
-) -> Result<(), Error> {
+/// Appends the events of `rows` in one statement.
+pub(super) async fn insert_events(conn: &mut AnyConnection, rows: &RowValues) -> Result<(), Error> {
+    let events = &rows.events;
     if events.is_empty() {
         return Ok(());
     }
-    let rows: Vec<String> = (0..events.len())
-        .map(|i| placeholders(1 + i * 7, 7))
+    let placeholders: Vec<String> = (0..events.len())
+        .map(|i| placeholders(1 + i * 8, 8))
         .collect();
     let sql = format!(
         "INSERT INTO events ({EVENT_COLUMNS}) VALUES {}",
-        rows.join(", ")
+        placeholders.join(", ")
     );
     let mut query = sqlx::query(&sql);
     for event in events {
         query = query
-            .bind(user_id.to_owned())
+            .bind(rows.user.user_id.clone())
             .bind(event.sequence)
             .bind(event.event_type)
             .bind(event.payload.clone())
             .bind(event.resource_owner.clone())
             .bind(event.creator.clone())
-            .bind(event.created_at);
+            .bind(event.created_at)
+            .bind(rows.command_id.clone());
     }
     query
         .execute(&mut *conn)
@@ -225,9 +227,15 @@ pub(super) async fn write_totp(
     }
 }
 
-/// Inserts a new user with its first events and TOTP, inside the caller's open transaction;
-/// refuses with `USER_ALREADY_EXISTS` (and writes nothing) when the id is taken.
-pub(super) async fn insert_user(conn: &mut AnyConnection, changes: &Changes) -> Result<(), Error> {
+/// Inserts a new user with its first events and TOTP (`rows`, the row values of `changes`),
+/// inside the caller's open transaction; refuses with `USER_ALREADY_EXISTS` (and writes nothing)
+/// when the id is taken, unless it was taken by this very attempt (`rows.command_id`: an insert
+/// tried again after its first answer was lost).
+pub(super) async fn insert_user(
+    conn: &mut AnyConnection,
+    changes: &Changes,
+    rows: &RowValues,
+) -> Result<(), Error> {
     let user = &changes.user;
     let profile = serde_json::to_string(&user.profile)
         .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
@@ -248,11 +256,31 @@ pub(super) async fn insert_user(conn: &mut AnyConnection, changes: &Changes) -> 
         .await
         .map_err(|e| classify("inserting a user", e))?;
     if inserted.rows_affected() == 0 {
-        return Err(error::USER_ALREADY_EXISTS.into());
+        return if written_by(conn, rows).await? {
+            Ok(())
+        } else {
+            Err(error::USER_ALREADY_EXISTS.into())
+        };
     }
-    let rows = RowValues::of(changes);
-    insert_events(conn, &user.user_id, &rows.events).await?;
+    insert_events(conn, rows).await?;
     write_totp(conn, &user.user_id, &rows.totp).await
+}
+
+/// Whether the events of `rows` (found by their user, first sequence and command id) are stored.
+pub(super) async fn written_by(conn: &mut AnyConnection, rows: &RowValues) -> Result<bool, Error> {
+    let Some(first) = rows.events.first() else {
+        return Ok(false);
+    };
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM events WHERE user_id = $1 AND sequence = $2 AND command_id = $3",
+    )
+    .bind(rows.user.user_id.clone())
+    .bind(first.sequence)
+    .bind(rows.command_id.clone())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| classify("looking for a command's events", e))?;
+    Ok(found.is_some())
 }
 
 /// Up to `limit` ids of users after `after` whose TOTP is sealed under a key other than `key_id`.

@@ -120,12 +120,12 @@ impl SqliteStore {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(|e| classify("beginning a transaction", e))?;
-                let inserted = rows::insert_user(&mut tx, &changes).await;
+                let inserted = rows::insert_user(&mut tx, &changes, &RowValues::of(&changes)).await;
                 rows::commit_or_roll_back(tx, inserted).await
             })
             .await?;
         self.cache.put(optimistic::state_after(&changes, None, 0));
-        optimistic::committed(changes)
+        Ok(optimistic::committed(changes))
     }
 
     async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
@@ -241,7 +241,7 @@ async fn write_if_unchanged(
     if updated.rows_affected() == 0 {
         return Ok(false);
     }
-    rows::insert_events(conn, &user.user_id, &rows.events).await?;
+    rows::insert_events(conn, rows).await?;
     rows::write_totp(conn, &user.user_id, &rows.totp).await?;
     Ok(true)
 }

@@ -9,6 +9,7 @@ mod session;
 pub mod writer;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use sqlx::Connection;
@@ -19,7 +20,7 @@ use super::StoreOptions;
 use super::cache::SnapshotCache;
 use super::connections::{self, Connections, to_the_end};
 use super::optimistic::{self, Attempt, decide_on};
-use super::rows;
+use super::rows::{self, RowValues};
 use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
 use reader::GroupRead;
@@ -75,21 +76,42 @@ impl PostgresStore {
 /// own (one task switch less per request). The rest runs on the pool, each in a task of its own.
 #[async_trait]
 impl Store for PostgresStore {
+    /// An insert whose commit was sent but whose answer was lost (the connection broke) is tried
+    /// again under the same command id until the database answers: the retry finds the user and
+    /// its events if the first attempt landed (see `rows::insert_user`), and inserts them if not.
     async fn insert_user(&self, changes: Changes) -> Result<Committed, Error> {
         let (connections, cache) = (self.connections.clone(), self.cache.clone());
         to_the_end(&self.admitted, async move {
-            connections
-                .with(async |conn| {
-                    let mut tx = conn
-                        .begin()
-                        .await
-                        .map_err(|e| super::classify("beginning a transaction", e))?;
-                    let inserted = rows::insert_user(&mut tx, &changes).await;
-                    rows::commit_or_roll_back(tx, inserted).await
-                })
-                .await?;
+            let rows = RowValues::of(&changes);
+            let started = Instant::now();
+            let mut in_doubt = false;
+            loop {
+                let inserted = connections
+                    .with(async |conn| {
+                        let mut tx = conn
+                            .begin()
+                            .await
+                            .map_err(|e| super::classify("beginning a transaction", e))?;
+                        if let Err(error) = rows::insert_user(&mut tx, &changes, &rows).await {
+                            return rows::commit_or_roll_back(tx, Err(error)).await;
+                        }
+                        in_doubt = true;
+                        tx.commit()
+                            .await
+                            .map_err(|e| super::classify("committing", e))
+                    })
+                    .await;
+                match inserted {
+                    Err(Error::Unavailable(_))
+                        if in_doubt && started.elapsed() < writer::IN_DOUBT_PATIENCE =>
+                    {
+                        tokio::time::sleep(writer::IN_DOUBT_RETRY_PAUSE).await;
+                    }
+                    inserted => break inserted?,
+                }
+            }
             cache.put(optimistic::state_after(&changes, None, 0));
-            optimistic::committed(changes)
+            Ok(optimistic::committed(changes))
         })
         .await
     }

@@ -34,7 +34,7 @@ pub(super) async fn reconnect<'c>(
 /// plan is index lookups whatever the arrays hold; sequential scans are ruled out because a plan
 /// made while the tables are nearly empty (a fresh database) would scan them whole, and the
 /// cached plan would keep doing so as they grow.
-async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
+pub(super) async fn connect(url: &str, timeout: Duration) -> Result<PgConnection, sqlx::Error> {
     let mut connection = PgConnection::connect(url).await?;
     let millis = timeout.as_millis().max(1);
     for setting in [

@@ -21,6 +21,12 @@
 //! in one statement, runs the domain's decisions on its own thread (a few microseconds each), and
 //! writes them with the cycle's other writes, which costs such a command one queue and one round
 //! trip instead of two of each (measurements in docs/performance.md).
+//!
+//! A statement whose answer was lost with its connection may have been written or not; its
+//! commands are settled apart ([`in_doubt`]) while the writer goes on.
+
+mod in_doubt;
+pub(super) use in_doubt::{PATIENCE as IN_DOUBT_PATIENCE, RETRY_PAUSE as IN_DOUBT_RETRY_PAUSE};
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -74,7 +80,9 @@ pub(super) struct Decided {
     pub outcome: Result<(Decision, bool), Error>,
 }
 
-/// What waits in the writer's queue.
+/// What waits in the writer's queue. (Not boxed: a job is moved once, into the channel's slot,
+/// and a box would cost an allocation per write for nothing.)
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Write(Write),
     ReadDecideWrite(ReadDecideWrite),
@@ -102,15 +110,20 @@ impl Job {
     fn is_abandoned(&self) -> bool {
         match self {
             Job::ReadDecideWrite(command) => command.done.is_closed(),
-            Job::Write(write) => match &write.reply {
-                Reply::Written(done) => done.is_closed(),
-                Reply::Decided(decided) => decided.done.is_closed(),
-            },
+            Job::Write(write) => write.reply.is_closed(),
         }
     }
 }
 
 impl Reply {
+    /// Whether nobody waits for this answer any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Written(done) => done.is_closed(),
+            Reply::Decided(decided) => decided.done.is_closed(),
+        }
+    }
+
     fn send(self, written: Result<bool, Error>) {
         // A command that stopped waiting (its request timed out) dropped its receiver: nothing
         // to tell then.
@@ -261,10 +274,28 @@ async fn writer(url: String, timeout: Duration, mut queue: mpsc::Receiver<Job>) 
         // The statement locks users in this order (see `WRITE_BATCH`).
         batch.sort_unstable_by(|a, b| a.user_id().cmp(b.user_id()));
         let outcomes = write_isolating_failures(&mut connection, &url, timeout, &batch).await;
+        let mut unanswered = Vec::new();
         for (write, outcome) in batch.into_iter().zip(outcomes) {
-            write.reply.send(outcome);
+            match outcome {
+                Ok(written) => write.reply.send(Ok(written)),
+                Err(Unwritten::Failed(error)) => write.reply.send(Err(error)),
+                Err(Unwritten::InDoubt) => unanswered.push(write),
+            }
+        }
+        if !unanswered.is_empty() {
+            tokio::spawn(in_doubt::resolve(url.clone(), timeout, unanswered));
         }
     }
+}
+
+/// Why a write has no answer of its own.
+#[derive(Clone, Debug)]
+enum Unwritten {
+    /// It was not written (nothing was sent, or the database refused the statement).
+    Failed(Error),
+    /// The statement was sent and its answer lost with the connection: written or not, to be
+    /// found out.
+    InDoubt,
 }
 
 /// Writes `batch` in one statement; whether each write happened. When the statement fails for
@@ -275,17 +306,20 @@ async fn write_isolating_failures(
     url: &str,
     timeout: Duration,
     batch: &[Write],
-) -> Vec<Result<bool, Error>> {
+) -> Vec<Result<bool, Unwritten>> {
     let written = write_on(connection, url, timeout, batch).await;
     match written {
         Ok(users) => batch
             .iter()
             .map(|write| Ok(users.contains(write.user_id())))
             .collect(),
-        Err(error) if batch.len() == 1 || matches!(error, Error::Unavailable(_)) => {
-            vec![Err(error); batch.len()]
+        Err(unwritten @ Unwritten::InDoubt) => vec![Err(unwritten); batch.len()],
+        Err(Unwritten::Failed(error))
+            if batch.len() == 1 || matches!(error, Error::Unavailable(_)) =>
+        {
+            vec![Err(Unwritten::Failed(error)); batch.len()]
         }
-        Err(_) => {
+        Err(Unwritten::Failed(_)) => {
             let mut outcomes = Vec::with_capacity(batch.len());
             for write in batch {
                 let alone = write_on(connection, url, timeout, std::slice::from_ref(write)).await;
@@ -297,22 +331,26 @@ async fn write_isolating_failures(
 }
 
 /// [`write_batch`] on the open connection or a new one; a failure drops the connection, whose
-/// state is unknown after it.
+/// state is unknown after it. A statement sent whose answer was lost because the database went
+/// away is in doubt; any other failure wrote nothing (Postgres rolls a failed statement back).
 async fn write_on(
     connection: &mut Option<PgConnection>,
     url: &str,
     timeout: Duration,
     batch: &[Write],
-) -> Result<HashSet<String>, Error> {
-    let written = async {
-        let open = reconnect(connection, url, timeout).await?;
-        write_batch(open, batch).await
-    }
-    .await;
+) -> Result<HashSet<String>, Unwritten> {
+    let open = match reconnect(connection, url, timeout).await {
+        Ok(open) => open,
+        Err(error) => return Err(Unwritten::Failed(error)),
+    };
+    let written = write_batch(open, batch).await;
     if written.is_err() {
         *connection = None;
     }
-    written
+    written.map_err(|error| match error {
+        Error::Unavailable(_) => Unwritten::InDoubt,
+        error => Unwritten::Failed(error),
+    })
 }
 
 /// The next cycle: whatever waits now (no waiting for more), at most one write per user (a
@@ -418,9 +456,11 @@ const WRITE_BATCH: &str = "WITH input AS ( \
        FROM input i \
        WHERE users.user_id = i.user_id AND users.version = i.expected_version \
        RETURNING users.user_id), \
-     e AS (INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) \
+     e AS (INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at, \
+         command_id) \
        SELECT v.* FROM UNNEST($8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
-         $13::text[], $14::bigint[]) AS v(user_id, sequence, event_type, payload, resource_owner, creator, created_at) \
+         $13::text[], $14::bigint[], $24::text[]) \
+         AS v(user_id, sequence, event_type, payload, resource_owner, creator, created_at, command_id) \
        WHERE v.user_id IN (SELECT user_id FROM u)), \
      p AS (INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) \
        SELECT v.* FROM UNNEST($15::text[], $16::text[], $17::text[], $18::bytea[], $19::bigint[], \
@@ -443,9 +483,9 @@ async fn write_batch(
     connection: &mut PgConnection,
     batch: &[Write],
 ) -> Result<HashSet<String>, Error> {
-    let events: Vec<(&str, &EventRow)> = batch
+    let events: Vec<(&Write, &EventRow)> = batch
         .iter()
-        .flat_map(|w| w.rows.events.iter().map(move |e| (w.user_id(), e)))
+        .flat_map(|w| w.rows.events.iter().map(move |e| (w, e)))
         .collect();
     let puts: Vec<(&str, &PutTotp)> = batch
         .iter()
@@ -467,7 +507,7 @@ async fn write_batch(
         .bind(column(batch, |w| w.rows.user.change_date))
         .bind(column(batch, |w| w.rows.user.failed_attempts))
         .bind(column(batch, |w| w.rows.user.locked_until))
-        .bind(column(&events, |(user, _)| *user))
+        .bind(column(&events, |(w, _)| w.user_id()))
         .bind(column(&events, |(_, e)| e.sequence))
         .bind(column(&events, |(_, e)| e.event_type))
         .bind(column(&events, |(_, e)| e.payload.as_str()))
@@ -483,6 +523,7 @@ async fn write_batch(
         .bind(column(&puts, |(_, p)| p.last_used_step))
         .bind(column(&puts, |(_, p)| p.created_at))
         .bind(deletes)
+        .bind(column(&events, |(w, _)| w.rows.command_id.as_str()))
         .fetch_all(connection)
         .await;
     match written {
