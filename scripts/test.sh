@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, the integration tests over REST, gRPC, gRPC-web and
-# Connect against SQLite and a real Postgres, and the browser test (tests/browser/run.sh, which
-# installs Chromium and playwright-core when missing). Without DATABASE_URL it starts a throwaway
+# Connect against SQLite and a real Postgres, the browser test (tests/browser/run.sh, which
+# installs Chromium and playwright-core when missing) and the HA tests (scripts/ha-test.sh, which
+# installs patroni, etcd-server and haproxy when missing). Without DATABASE_URL it starts a throwaway
 # Postgres cluster from the installed binaries (Debian's postgresql-15 or any `initdb` on PATH)
 # and removes it after.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh sqlite_rest`).
@@ -40,8 +41,10 @@ fi
 
 cargo test --locked "$@"
 
-# The browser test (headless Chromium on the enrolment page) with the full run; a filtered run
-# (`scripts/test.sh <filter>`) is about the Rust tests only.
+# The browser test (headless Chromium on the enrolment page) and the HA tests (a Patroni cluster
+# failing over under load) with the full run; a filtered run (`scripts/test.sh <filter>`) is about
+# the Rust tests only.
 if [ "$#" = 0 ]; then
     tests/browser/run.sh
+    scripts/ha-test.sh
 fi

@@ -74,8 +74,10 @@ pub(crate) fn classify(context: &str, err: sqlx::Error) -> Error {
 
 /// Whether an error code says the database cannot serve now but may soon: Postgres's connection
 /// failures (class 08), shutting down or starting up (57P01–57P03), too many connections
-/// (53300), and serialization or deadlock failures (40001, 40P01) left after the service's own
-/// retries; SQLite's busy and locked (5, 6 and their extended codes).
+/// (53300), serialization or deadlock failures (40001, 40P01) left after the service's own
+/// retries, a write reaching a node that is no longer the primary (25006, in the moment before a
+/// balancer in front of a failing-over cluster moves); SQLite's busy and locked (5, 6 and their
+/// extended codes).
 fn is_transient(code: &str) -> bool {
     code.starts_with("08")
         || matches!(
@@ -84,6 +86,7 @@ fn is_transient(code: &str) -> bool {
                 | "57P02"
                 | "57P03"
                 | "53300"
+                | "25006"
                 | "40001"
                 | "40P01"
                 | "5"
@@ -101,7 +104,7 @@ mod tests {
     #[test]
     fn transient_database_errors_are_unavailable_not_internal() {
         for code in [
-            "08006", "08001", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "5",
+            "08006", "08001", "57P01", "57P02", "57P03", "40001", "40P01", "53300", "25006", "5",
         ] {
             assert!(is_transient(code), "{code}");
         }

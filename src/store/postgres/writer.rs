@@ -182,6 +182,11 @@ impl GroupCommit {
             kind: Kind::Histogram,
             help: "Postgres: commands written per statement by group commit",
         });
+        telemetry::describe(Family {
+            name: in_doubt::IN_DOUBT_WRITES,
+            kind: Kind::Counter,
+            help: "Postgres: writes whose answer was lost with the connection, by how they were settled",
+        });
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -25,6 +25,10 @@ use crate::domain::error::Error;
 use crate::store::classify;
 use crate::store::postgres::session::connect;
 
+/// Counter of in-doubt writes by how they ended (`settled`: landed, absent, or unsettled when
+/// nobody waited any more or no primary answered within [`PATIENCE`]).
+pub const IN_DOUBT_WRITES: &str = "totp_db_in_doubt_writes_total";
+
 /// How long in-doubt writes are looked after at most (a request's timeout is far shorter: by
 /// then nobody waits).
 pub(in crate::store::postgres) const PATIENCE: Duration = Duration::from_secs(60);
@@ -48,7 +52,9 @@ const LOOKUP: &str = "SELECT e.command_id \
 pub(super) async fn resolve(url: String, timeout: Duration, mut writes: Vec<Write>) {
     let started = Instant::now();
     loop {
+        let waiting = writes.len();
         writes.retain(|write| !write.reply.is_closed());
+        count(UNSETTLED, waiting - writes.len());
         if writes.is_empty() {
             return;
         }
@@ -56,6 +62,7 @@ pub(super) async fn resolve(url: String, timeout: Duration, mut writes: Vec<Writ
             Ok(found) => {
                 for write in writes {
                     let landed = found.contains(&write.rows.command_id);
+                    count(if landed { "landed" } else { "absent" }, 1);
                     write
                         .reply
                         .send(if landed { Ok(true) } else { Err(not_written()) });
@@ -63,6 +70,7 @@ pub(super) async fn resolve(url: String, timeout: Duration, mut writes: Vec<Writ
                 return;
             }
             Err(error) if started.elapsed() >= PATIENCE => {
+                count(UNSETTLED, writes.len());
                 for write in writes {
                     write.reply.send(Err(error.clone()));
                 }
@@ -70,6 +78,14 @@ pub(super) async fn resolve(url: String, timeout: Duration, mut writes: Vec<Writ
             }
             Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
         }
+    }
+}
+
+const UNSETTLED: &str = "unsettled";
+
+fn count(settled: &'static str, writes: usize) {
+    if writes > 0 {
+        metrics::counter!(IN_DOUBT_WRITES, "settled" => settled).increment(writes as u64);
     }
 }
 
