@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use totp_service::domain::rules::events;
 
 use crate::instances::MAX_ATTEMPTS;
-use crate::load::{Answer, Outcome, Rpc};
+use totp_client::life::{Answer, Outcome, Rpc};
 
 /// Error ids of refused codes: each counted as a failed attempt, with a `check.failed` event.
 const FAILED_ATTEMPT_IDS: [&str; 2] = ["EVENT-8isk2", "TOTP-Auw0a"];

@@ -9,14 +9,13 @@
 mod audit;
 mod cluster;
 mod instances;
-mod load;
 
 use std::time::{Duration, Instant};
 
 use audit::Findings;
 use cluster::Cluster;
-use instances::{Instances, REQUEST_TIMEOUT};
-use load::{Answer, Outcome};
+use instances::{Instances, MAX_ATTEMPTS, REQUEST_TIMEOUT};
+use totp_client::life::{self, Answer, Load, Outcome};
 
 const CLIENTS: usize = 32;
 
@@ -26,13 +25,7 @@ async fn a_killed_primary_fails_over_under_load_and_nothing_acknowledged_is_lost
     let instances = Instances::start(2, &cluster.url);
     let started = Instant::now();
     let (answers, killed_at) = tokio::join!(
-        load::run(
-            instances.bases(),
-            instances.token.clone(),
-            CLIENTS,
-            "failover",
-            started + Duration::from_secs(45)
-        ),
+        run_load(&instances, "failover", started + Duration::from_secs(45)),
         async {
             tokio::time::sleep(Duration::from_secs(15)).await;
             let at = Instant::now();
@@ -80,13 +73,7 @@ async fn a_planned_switchover_under_load_is_over_within_two_seconds() {
     let instances = Instances::start(2, &cluster.url);
     let started = Instant::now();
     let (answers, switched_at) = tokio::join!(
-        load::run(
-            instances.bases(),
-            instances.token.clone(),
-            CLIENTS,
-            "switchover",
-            started + Duration::from_secs(25)
-        ),
+        run_load(&instances, "switchover", started + Duration::from_secs(25)),
         async {
             tokio::time::sleep(Duration::from_secs(10)).await;
             let at = Instant::now();
@@ -119,13 +106,7 @@ async fn a_whole_cluster_outage_is_answered_14_at_once_and_served_again_within_a
     let started = Instant::now();
     let http = reqwest::Client::new();
     let (answers, (outage, back_at, readiness)) = tokio::join!(
-        load::run(
-            instances.bases(),
-            instances.token.clone(),
-            CLIENTS,
-            "outage",
-            started + Duration::from_secs(30)
-        ),
+        run_load(&instances, "outage", started + Duration::from_secs(30)),
         async {
             tokio::time::sleep(Duration::from_secs(8)).await;
             cluster.stop_all().await;
@@ -209,23 +190,13 @@ async fn a_killed_service_instance_leaves_the_other_serving_and_its_commands_who
     let cluster = Cluster::up().await;
     let mut instances = Instances::start(2, &cluster.url);
     let started = Instant::now();
-    let bases = instances.bases();
-    let token = instances.token.clone();
+    let load = load_on(&instances, "instance", started + Duration::from_secs(25));
     let killed_at = std::sync::Mutex::new(None);
-    let (answers, ()) = tokio::join!(
-        load::run(
-            bases,
-            token,
-            CLIENTS,
-            "instance",
-            started + Duration::from_secs(25)
-        ),
-        async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            *killed_at.lock().unwrap() = Some(Instant::now());
-            instances.kill(1);
-        }
-    );
+    let (answers, ()) = tokio::join!(run_with(load), async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        *killed_at.lock().unwrap() = Some(Instant::now());
+        instances.kill(1);
+    });
     let killed_at = killed_at.into_inner().unwrap().unwrap();
     let summary = Summary::of(&answers, killed_at);
     summary.print("instance kill");
@@ -264,6 +235,32 @@ async fn a_killed_service_instance_leaves_the_other_serving_and_its_commands_who
         findings.unanswered
     );
     assert_clean(&findings);
+}
+
+/// The load of every test: 32 clients living users' lives on both instances, sending as fast as
+/// they are answered.
+fn load_on(instances: &Instances, prefix: &str, until: Instant) -> Load {
+    Load {
+        bases: instances.bases(),
+        token: instances.token.clone(),
+        clients: CLIENTS,
+        prefix: prefix.to_owned(),
+        until,
+        max_attempts: MAX_ATTEMPTS,
+        request_timeout: REQUEST_TIMEOUT,
+        pace: None,
+    }
+}
+
+async fn run_load(instances: &Instances, prefix: &str, until: Instant) -> Vec<Answer> {
+    run_with(load_on(instances, prefix, until)).await
+}
+
+/// Runs `load` to its end; every answer.
+async fn run_with(load: Load) -> Vec<Answer> {
+    let record = std::sync::Arc::default();
+    life::run(load, std::sync::Arc::clone(&record)).await;
+    std::mem::take(&mut *record.lock().unwrap())
 }
 
 /// The answers of one run, by outcome, with each instance's stretch without service.

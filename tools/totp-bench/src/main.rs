@@ -3,9 +3,12 @@
 //! drives each scenario over REST, gRPC and gRPC-web at each concurrency for a fixed time and
 //! prints requests/s, latency percentiles and the count of every outcome; an outcome other than
 //! the scenario's expected one is counted as unexpected. `ceiling-sqlite` measures the SQLite
-//! ceiling: a loop of the service's own write transaction, without the service.
+//! ceiling: a loop of the service's own write transaction, without the service. `soak` holds
+//! several instances under a steady mixed load for a long time (see [`soak`]).
 //!
 //! Usually run by `scripts/bench.sh`, which starts the database and the service.
+
+mod soak;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +45,9 @@ enum Command {
     Run(RunArgs),
     /// Measure the SQLite ceiling: the service's write transaction in a loop, no service.
     CeilingSqlite(CeilingArgs),
+    /// Hold several instances under a steady mixed load for a long time, watching their memory,
+    /// descriptors, connections, rate and latency.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -1077,5 +1083,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
         Command::CeilingSqlite(args) => ceiling_sqlite(args).await,
+        Command::Soak(args) => soak::soak(args).await,
     }
 }

@@ -1,6 +1,8 @@
-//! What the clients of totp-service (the integration tests in `tests/api`, the load generator in
-//! `tools/totp-bench`) need to read and write its wire, written once: gRPC-web framing
-//! ([`grpc_web`]) and the `zitadel.v1.ErrorDetail`s of a gRPC error ([`status`]).
+//! What the clients of totp-service (the integration tests in `tests/api` and `tests/ha`, the
+//! load generator in `tools/totp-bench`) need to read and write its wire, written once: gRPC-web
+//! framing ([`grpc_web`]), the `zitadel.v1.ErrorDetail`s of a gRPC error ([`status`]), and users'
+//! whole lives over REST as a mixed load ([`life`]).
 
 pub mod grpc_web;
+pub mod life;
 pub mod status;

@@ -1,18 +1,18 @@
-//! The load of the HA tests: clients living users' whole lives over REST against every instance
-//! in turn, and the record of every answer (which instance, which call, for which user and time
-//! step, when, how long, and what came back) that the audit holds against the database.
+//! A mixed load (the HA tests' and the soak's): clients living users' whole lives over REST
+//! against every instance in turn, and the record of every answer (which instance, which call,
+//! for which user and time step, when, how long, and what came back), which the HA tests hold
+//! against the database and the soak sums up minute by minute.
 //!
 //! A life: AddHumanUser, RegisterTOTP, VerifyTOTPRegistration, the verified code replayed, a
 //! fresh code checked, that one replayed, wrong codes until the lock, a fresh code refused for
 //! the lock, GetUserByID. A call answered 14 (or not at all) is sent again, to the next
 //! instance, with a code for the time of sending; every call is an entry in the record.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use totp_service::domain::totp::{self, Algorithm, Secret};
-
-use crate::instances::{MAX_ATTEMPTS, REQUEST_TIMEOUT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rpc {
@@ -60,57 +60,68 @@ pub struct Answer {
     pub outcome: Outcome,
 }
 
-/// Runs `clients` clients against `bases` until `until`; every answer, in no particular order.
-/// Users are named `{prefix}-{client}-{n}`.
-pub async fn run(
-    bases: Vec<String>,
-    token: String,
-    clients: usize,
-    prefix: &str,
-    until: Instant,
-) -> Vec<Answer> {
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// The instances' `http://host:port`, called in turn.
+    pub bases: Vec<String>,
+    /// A token with user.write, user.read, user.credential.write and session.write everywhere.
+    pub token: String,
+    pub clients: usize,
+    /// Users are named `{prefix}-{client}-{n}`.
+    pub prefix: String,
+    pub until: Instant,
+    /// The service's TOTP_MAX_ATTEMPTS: wrong codes sent until the lock.
+    pub max_attempts: u32,
+    /// The service's TOTP_REQUEST_TIMEOUT (the clients wait 5 s longer, so that a hang shows as a
+    /// missing answer rather than a cut).
+    pub request_timeout: Duration,
+    /// Each client's time between calls; `None` sends the next call once the last is answered.
+    pub pace: Option<Duration>,
+}
+
+/// Runs `load` until its end; every answer goes to `record` as it comes.
+pub async fn run(load: Load, record: Arc<Mutex<Vec<Answer>>>) {
     let http = reqwest::Client::builder()
-        // Longer than the service's own limit: a hang shows as a missing answer, not as a cut.
-        .timeout(REQUEST_TIMEOUT + Duration::from_secs(5))
-        .pool_max_idle_per_host(clients)
+        .timeout(load.request_timeout + Duration::from_secs(5))
+        .pool_max_idle_per_host(load.clients)
         .build()
         .unwrap();
-    let tasks: Vec<_> = (0..clients)
+    let tasks: Vec<_> = (0..load.clients)
         .map(|index| {
             let mut client = Client {
                 http: http.clone(),
-                bases: bases.clone(),
-                token: token.clone(),
+                load: load.clone(),
                 turn: index,
-                until,
-                answers: Vec::new(),
+                pace: load.pace.map(|pace| {
+                    let mut ticks = tokio::time::interval(pace);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticks
+                }),
+                record: record.clone(),
             };
-            let prefix = format!("{prefix}-{index}");
+            let prefix = format!("{}-{index}", load.prefix);
             tokio::spawn(async move {
                 let mut n = 0;
-                while Instant::now() < until {
+                while Instant::now() < client.load.until {
                     client.live(&format!("{prefix}-{n}")).await;
                     n += 1;
                 }
-                client.answers
             })
         })
         .collect();
-    let mut answers = Vec::new();
     for task in tasks {
-        answers.extend(task.await.unwrap());
+        task.await.unwrap();
     }
-    answers
 }
 
 struct Client {
     http: reqwest::Client,
-    bases: Vec<String>,
-    token: String,
+    load: Load,
     /// Which instance the next call goes to (round robin).
     turn: usize,
-    until: Instant,
-    answers: Vec<Answer>,
+    pace: Option<tokio::time::Interval>,
+    record: Arc<Mutex<Vec<Answer>>>,
 }
 
 /// Where a call goes and what it carries.
@@ -161,7 +172,7 @@ impl Client {
         last_used = last_used.max(checked);
         self.send_code(user, Rpc::Check, &secret, || last_used)
             .await?;
-        for _ in 1..MAX_ATTEMPTS {
+        for _ in 1..self.load.max_attempts {
             self.send_wrong_code(user, &secret).await?;
         }
         self.send_code(user, Rpc::Check, &secret, || fresh_step(last_used))
@@ -234,7 +245,7 @@ impl Client {
         mut make: impl FnMut() -> Call,
     ) -> Option<(Outcome, Option<Value>)> {
         loop {
-            if Instant::now() >= self.until {
+            if Instant::now() >= self.load.until {
                 return None;
             }
             let (outcome, body) = self.send(make()).await;
@@ -248,10 +259,16 @@ impl Client {
     }
 
     async fn send(&mut self, call: Call) -> (Outcome, Option<Value>) {
-        let instance = self.turn % self.bases.len();
+        if let Some(pace) = &mut self.pace {
+            pace.tick().await;
+        }
+        let instance = self.turn % self.load.bases.len();
         self.turn += 1;
-        let url = format!("{}{}", self.bases[instance], call.path);
-        let mut request = self.http.request(call.method, url).bearer_auth(&self.token);
+        let url = format!("{}{}", self.load.bases[instance], call.path);
+        let mut request = self
+            .http
+            .request(call.method, url)
+            .bearer_auth(&self.load.token);
         if let Some(body) = call.body {
             request = request.json(&body);
         }
@@ -264,7 +281,7 @@ impl Client {
                 (classify(status, body.as_ref()), body)
             }
         };
-        self.answers.push(Answer {
+        let answer = Answer {
             instance,
             rpc: call.rpc,
             user: call.user,
@@ -272,7 +289,8 @@ impl Client {
             sent,
             took: sent.elapsed(),
             outcome: outcome.clone(),
-        });
+        };
+        self.record.lock().unwrap().push(answer);
         (outcome, body)
     }
 }
