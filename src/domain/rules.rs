@@ -384,7 +384,7 @@ mod tests {
             Fixture {
                 keys: KeyRing::parse(&key_spec).unwrap(),
                 key_spec,
-                secret: Secret::generate(&mut rand::thread_rng()),
+                secret: Secret::generate(),
                 settings: Settings {
                     max_attempts: 3,
                     lockout_duration: Some(Duration::from_secs(300)),
@@ -601,7 +601,7 @@ mod tests {
     #[test]
     fn register_replaces_a_pending_secret_but_not_a_ready_one() {
         let f = Fixture::new();
-        let sealed = seal_secret(&f.keys, USER, &Secret::generate(&mut rand::thread_rng()));
+        let sealed = seal_secret(&f.keys, USER, &Secret::generate());
         let mut pending = draft(f.snapshot(Some(TotpState::Pending)));
         assert_eq!(register(&mut pending, sealed.clone()), Ok(Outcome::Accept));
         assert_eq!(pending.totp.as_ref().unwrap().secret, sealed);

@@ -167,7 +167,7 @@ impl Service {
         caller: &Caller,
         user_id: &UserId,
     ) -> Result<Registration, Error> {
-        let secret = Secret::generate(&mut rand::thread_rng());
+        let secret = Secret::generate();
         let sealed = rules::seal_secret(&self.keys, user_id.as_str(), &secret);
         let committed = self
             .change_user(

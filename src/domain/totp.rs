@@ -1,11 +1,10 @@
 //! RFC 6238 time-based one-time passwords: secrets, codes, the accepted window and the otpauth URI.
-//! A check matches a code against the steps the user has not used yet, so a step is accepted
-//! once (RFC 6238 §5.2); comparisons are constant-time.
+//! The HMAC-based codes and the secrets' generation and base32 come from the `totp-rs` crate;
+//! the rules on top are ours: a check matches a code against the steps the user has not used yet,
+//! so a step is accepted once (RFC 6238 §5.2), and comparisons are constant-time.
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
-use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 /// Bytes in a newly generated secret (160 bits, as RFC 4226 recommends and ZITADEL uses).
@@ -28,16 +27,27 @@ pub enum Algorithm {
     Sha512,
 }
 
+impl Algorithm {
+    fn in_totp_rs(self) -> totp_rs::Algorithm {
+        match self {
+            Algorithm::Sha1 => totp_rs::Algorithm::SHA1,
+            Algorithm::Sha256 => totp_rs::Algorithm::SHA256,
+            Algorithm::Sha512 => totp_rs::Algorithm::SHA512,
+        }
+    }
+}
+
 /// A TOTP shared secret. Debug never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
 
 impl Secret {
-    /// A fresh random secret of [`SECRET_BYTES`].
-    pub fn generate(rng: &mut impl RngCore) -> Self {
-        let mut bytes = vec![0u8; SECRET_BYTES];
-        rng.fill_bytes(&mut bytes);
-        Secret(bytes)
+    /// A fresh random secret of [`SECRET_BYTES`] (totp-rs draws it from the operating system's
+    /// generator).
+    pub fn generate() -> Self {
+        let secret = Secret(totp_rs::Secret::generate().as_bytes().to_vec());
+        debug_assert_eq!(secret.0.len(), SECRET_BYTES);
+        secret
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
@@ -52,15 +62,16 @@ impl Secret {
             .filter(|c| !c.is_whitespace() && *c != '=')
             .map(|c| c.to_ascii_uppercase())
             .collect();
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(cleaned.as_bytes())
-            .ok()?;
+        let bytes = totp_rs::Secret::try_from_base32(&cleaned)
+            .ok()?
+            .as_bytes()
+            .to_vec();
         (bytes.len() >= MIN_SECRET_BYTES).then_some(Secret(bytes))
     }
 
     /// Base32 without padding, as authenticator apps take it (32 characters for 20 bytes).
     pub fn to_base32(&self) -> String {
-        data_encoding::BASE32_NOPAD.encode(&self.0)
+        totp_rs::Secret::from(self.0.clone()).to_base32()
     }
 
     pub fn expose(&self) -> &[u8] {
@@ -79,31 +90,22 @@ pub fn step_at(unix_seconds: i64, period: u32) -> i64 {
     unix_seconds.div_euclid(i64::from(period))
 }
 
-/// The code for one time step (RFC 4226 dynamic truncation), zero-padded to `digits`.
+/// The code for one time step, zero-padded to `digits` (RFC 4226's truncation, by totp-rs).
+/// Steps before 1970 have no code (an empty string, which matches nothing).
 pub fn code_for_step(secret: &Secret, step: i64, digits: u32, algorithm: Algorithm) -> String {
-    let counter = step.to_be_bytes();
-    let digest = match algorithm {
-        Algorithm::Sha1 => hmac_digest::<Hmac<sha1::Sha1>>(secret.expose(), &counter),
-        Algorithm::Sha256 => hmac_digest::<Hmac<sha2::Sha256>>(secret.expose(), &counter),
-        Algorithm::Sha512 => hmac_digest::<Hmac<sha2::Sha512>>(secret.expose(), &counter),
+    let Ok(counter) = u64::try_from(step) else {
+        return String::new();
     };
-    let offset = usize::from(digest[digest.len() - 1] & 0x0f);
-    let binary = u32::from_be_bytes([
-        digest[offset] & 0x7f,
-        digest[offset + 1],
-        digest[offset + 2],
-        digest[offset + 3],
-    ]);
-    let value = u64::from(binary) % 10u64.pow(digits);
-    format!("{value:0width$}", width = digits as usize)
-}
-
-fn hmac_digest<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac =
-        <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC accepts any key length");
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
+    // totp-rs counts steps as `time / step_duration`; with a duration of one second, the time it
+    // is given is the step itself.
+    totp_rs::Builder::new()
+        .with_algorithm(algorithm.in_totp_rs())
+        .with_digits(digits as u8)
+        .with_step_duration(1)
+        .with_secret(secret.expose().to_vec())
+        .build_noncompliant()
+        .generate(counter)
+        .to_string()
 }
 
 /// What a submitted code matched in the accepted window.
@@ -323,7 +325,7 @@ mod tests {
 
     #[test]
     fn generated_secrets_are_32_base32_characters_and_round_trip() {
-        let secret = Secret::generate(&mut rand::thread_rng());
+        let secret = Secret::generate();
         let text = secret.to_base32();
         assert_eq!(text.len(), 32);
         assert!(
