@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit tests, the integration tests over REST, gRPC, gRPC-web and
 # Connect against SQLite and a real Postgres, the browser test (tests/browser/run.sh, which
-# installs Chromium and playwright-core when missing) and the HA tests (scripts/ha-test.sh, which
-# installs patroni, etcd-server and haproxy when missing). Without DATABASE_URL it starts a throwaway
+# installs Chromium and playwright-core when missing), the image test (scripts/image-test.sh, which
+# installs podman when missing) and the HA tests (scripts/ha-test.sh, which installs patroni,
+# etcd-server and haproxy when missing). Without DATABASE_URL it starts a throwaway
 # Postgres cluster from the installed binaries (Debian's postgresql-15 or any `initdb` on PATH)
 # and removes it after.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh sqlite_rest`).
@@ -41,10 +42,11 @@ fi
 
 cargo test --locked "$@"
 
-# The browser test (headless Chromium on the enrolment page) and the HA tests (a Patroni cluster
-# failing over under load) with the full run; a filtered run (`scripts/test.sh <filter>`) is about
+# The browser test (headless Chromium on the enrolment page), the container image test (podman)
+# and the HA tests (a Patroni cluster failing over under load) with the full run; a filtered run (`scripts/test.sh <filter>`) is about
 # the Rust tests only.
 if [ "$#" = 0 ]; then
     tests/browser/run.sh
+    scripts/image-test.sh
     scripts/ha-test.sh
 fi
