@@ -36,16 +36,7 @@ install_missing() {
     command -v patroni >/dev/null || missing+=(patroni)
     command -v etcd >/dev/null || missing+=(etcd-server)
     command -v haproxy >/dev/null || missing+=(haproxy)
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" != 0 ]; then
-        echo "ha-cluster.sh needs ${missing[*]} (Debian packages); run as root to install them, or install them first" >&2
-        exit 1
-    fi
-    echo "installing ${missing[*]} with apt ..." >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >&2 || {
-        echo "could not install ${missing[*]} with apt-get (is the Debian mirror reachable?)" >&2
-        exit 1
-    }
+    "$(dirname "$0")/install-packages.sh" "${missing[@]}"
 }
 
 patronictl_() { "${as_postgres[@]}" patronictl -c "$dir/node1.yml" "$@"; }

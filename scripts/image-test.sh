@@ -15,17 +15,7 @@ missing=()
 for tool in podman buildah runc mmdebstrap; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "the image test needs ${missing[*]} (Debian packages); run as root to install them, or install them first" >&2
-        exit 1
-    fi
-    echo "installing ${missing[*]} with apt ..." >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >&2 || {
-        echo "could not install ${missing[*]} with apt-get (is the Debian mirror reachable?)" >&2
-        exit 1
-    }
-fi
+scripts/install-packages.sh "${missing[@]}"
 
 podman=(podman --runtime runc --cgroup-manager cgroupfs)
 if ! "${podman[@]}" image exists debian:bookworm-slim; then
