@@ -387,6 +387,13 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
         connect().await.unwrap(),
         connect().await.unwrap(),
     );
+    // Whichever waiter runs its deadlock check first is aborted. The foreign session checks only
+    // after a minute, so the writer (checking after the server's 1 s) is always the one chosen,
+    // however late the machine delivers its timers.
+    sqlx::raw_sql("SET deadlock_timeout = '1min'")
+        .execute(&mut foreign)
+        .await
+        .unwrap();
     let deadlocks_before = deadlocks(&mut watch).await;
     let (blocker_session, foreign_session) = (
         backend_pid(&mut hold_blocker).await,
@@ -424,8 +431,8 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
     assert_eq!(blocked.await.unwrap().unwrap().details.unwrap().sequence, 4);
 
     // The pair's statement holds `first` and waits for `second`, held by the foreign session,
-    // which now asks for `first`: a cycle. The writer has waited longer, so its deadlock check
-    // runs first and aborts its own statement; the foreign session gets the row.
+    // which now asks for `first`: a cycle. The writer's deadlock check runs first and aborts its
+    // own statement; the foreign session gets the row.
     until_a_session_waits_for(&mut watch, foreign_session).await;
     sqlx::raw_sql(&lock(&first.id))
         .execute(&mut foreign)
