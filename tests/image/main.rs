@@ -11,10 +11,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
+use totp_client::calls::{Client, Protocol};
 use totp_service::domain::totp::{self, Algorithm, Secret};
 use totp_service::proto::totpservice::v1 as totp_pb;
+use totp_service::proto::zitadel::object::v2 as object_pb;
 use totp_service::proto::zitadel::user::v2 as user_pb;
 
 const IMAGE: &str = "localhost/totp-service:test";
@@ -70,8 +71,9 @@ async fn the_image_runs_unprivileged_turns_healthy_serves_keeps_its_keys_and_sto
         .trim()
         .to_owned();
     let base = format!("http://127.0.0.1:{port}");
-    let rest_secret = rest_walk_through(&base, &token, "alice").await;
-    grpc_walk_through(&base, &token, "bob").await;
+    let bearer = format!("Bearer {token}");
+    let alice_secret = walk_through(&client(Protocol::Rest, &base).await, &bearer, "alice").await;
+    walk_through(&client(Protocol::Grpc, &base).await, &bearer, "bob").await;
     let stopping = Instant::now();
     first.stop_and_assert_clean_exit();
     println!("stopped in {:.1?}, exit code 0", stopping.elapsed());
@@ -83,163 +85,86 @@ async fn the_image_runs_unprivileged_turns_healthy_serves_keeps_its_keys_and_sto
     let second = Container::run(&volume, &database.url, port);
     second.wait_healthy();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let (status, body) = send(
-        &http,
-        &base,
-        &token,
-        "POST",
-        "/v2/users/alice/totp/check",
-        Some(json!({"code": code(&rest_secret, now_step() + 1)})),
+    let rest = client(Protocol::Rest, &base).await;
+    rest.call(
+        Some(&bearer),
+        totp_pb::CheckTotpRequest {
+            user_id: "alice".into(),
+            code: code(&alice_secret, now_step() + 1),
+        },
     )
-    .await;
-    assert_eq!(status, 200, "check after the restart: {body}");
+    .await
+    .expect("check after the restart");
     second.stop_and_assert_clean_exit();
     println!("whole test in {:.1?}", started.elapsed());
     database.drop_it().await;
 }
 
-/// AddHumanUser, RegisterTOTP, VerifyTOTPRegistration and CheckTOTP over REST, as the README's
+async fn client(protocol: Protocol, base: &str) -> Client {
+    Client::connect(protocol, base, reqwest::Client::new(), 1)
+        .await
+        .expect("the container accepts connections")
+}
+
+/// AddHumanUser, RegisterTOTP, VerifyTOTPRegistration and CheckTOTP, as the README's
 /// walk-through does them; the secret.
-async fn rest_walk_through(base: &str, token: &str, user: &str) -> Secret {
-    let http = reqwest::Client::new();
-    let (status, body) = send(
-        &http,
-        base,
-        token,
-        "POST",
-        "/v2/users/human",
-        Some(json!({
-            "userId": user,
-            "organization": {"orgId": "acme"},
-            "profile": {"givenName": "Alice", "familyName": "Smith"},
-            "email": {"email": format!("{user}@example.com")},
-        })),
-    )
-    .await;
-    assert_eq!(status, 200, "AddHumanUser: {body}");
-    assert_eq!(body["userId"], user);
-    let (status, body) = send(
-        &http,
-        base,
-        token,
-        "POST",
-        &format!("/v2/users/{user}/totp"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "RegisterTOTP: {body}");
-    let secret = Secret::from_base32(body["secret"].as_str().unwrap()).unwrap();
-    assert!(body["uri"].as_str().unwrap().starts_with("otpauth://totp/"));
-    let (status, body) = send(
-        &http,
-        base,
-        token,
-        "POST",
-        &format!("/v2/users/{user}/totp/verify"),
-        Some(json!({"code": code(&secret, now_step() - 1)})),
-    )
-    .await;
-    assert_eq!(status, 200, "VerifyTOTPRegistration: {body}");
-    let (status, body) = send(
-        &http,
-        base,
-        token,
-        "POST",
-        &format!("/v2/users/{user}/totp/check"),
-        Some(json!({"code": code(&secret, now_step())})),
-    )
-    .await;
-    assert_eq!(status, 200, "CheckTOTP: {body}");
-    secret
-}
-
-/// The same life over native gRPC.
-async fn grpc_walk_through(base: &str, token: &str, user: &str) {
-    let channel = tonic::transport::Endpoint::from_shared(base.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let authorise = move |mut request: tonic::Request<()>| {
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.clone());
-        Ok(request)
-    };
-    let mut users = user_pb::user_service_client::UserServiceClient::with_interceptor(
-        channel.clone(),
-        authorise.clone(),
-    );
-    let mut totps =
-        totp_pb::totp_service_client::TotpServiceClient::with_interceptor(channel, authorise);
-    let added = users
-        .add_human_user(user_pb::AddHumanUserRequest {
-            user_id: Some(user.into()),
-            organization: Some(totp_service::proto::zitadel::object::v2::Organization {
-                org: Some(
-                    totp_service::proto::zitadel::object::v2::organization::Org::OrgId(
-                        "acme".into(),
-                    ),
-                ),
-            }),
-            profile: Some(user_pb::SetHumanProfile {
-                given_name: "Bob".into(),
-                family_name: "Jones".into(),
+async fn walk_through(client: &Client, bearer: &str, user: &str) -> Secret {
+    let protocol = client.protocol();
+    let added = client
+        .call(
+            Some(bearer),
+            user_pb::AddHumanUserRequest {
+                user_id: Some(user.into()),
+                organization: Some(object_pb::Organization {
+                    org: Some(object_pb::organization::Org::OrgId("acme".into())),
+                }),
+                profile: Some(user_pb::SetHumanProfile {
+                    given_name: "Alice".into(),
+                    family_name: "Smith".into(),
+                    ..Default::default()
+                }),
+                email: Some(user_pb::SetHumanEmail {
+                    email: format!("{user}@example.com"),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            email: Some(user_pb::SetHumanEmail {
-                email: format!("{user}@example.com"),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+            },
+        )
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap_or_else(|e| panic!("AddHumanUser over {protocol:?}: {e:?}"));
     assert_eq!(added.user_id, user);
-    let registered = users
-        .register_totp(user_pb::RegisterTotpRequest {
-            user_id: user.into(),
-        })
+    let registered = client
+        .call(
+            Some(bearer),
+            user_pb::RegisterTotpRequest {
+                user_id: user.into(),
+            },
+        )
         .await
-        .unwrap()
-        .into_inner();
-    let secret = Secret::from_base32(&registered.secret).unwrap();
-    users
-        .verify_totp_registration(user_pb::VerifyTotpRegistrationRequest {
-            user_id: user.into(),
-            code: code(&secret, now_step() - 1),
-        })
+        .unwrap_or_else(|e| panic!("RegisterTOTP over {protocol:?}: {e:?}"));
+    assert!(registered.uri.starts_with("otpauth://totp/"));
+    let secret = Secret::from_base32(&registered.secret).expect("a base32 secret");
+    client
+        .call(
+            Some(bearer),
+            user_pb::VerifyTotpRegistrationRequest {
+                user_id: user.into(),
+                code: code(&secret, now_step() - 1),
+            },
+        )
         .await
-        .unwrap();
-    totps
-        .check_totp(totp_pb::CheckTotpRequest {
-            user_id: user.into(),
-            code: code(&secret, now_step()),
-        })
+        .unwrap_or_else(|e| panic!("VerifyTOTPRegistration over {protocol:?}: {e:?}"));
+    client
+        .call(
+            Some(bearer),
+            totp_pb::CheckTotpRequest {
+                user_id: user.into(),
+                code: code(&secret, now_step()),
+            },
+        )
         .await
-        .unwrap();
-}
-
-async fn send(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = http
-        .request(method.parse().unwrap(), format!("{base}{path}"))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
+        .unwrap_or_else(|e| panic!("CheckTOTP over {protocol:?}: {e:?}"));
+    secret
 }
 
 fn now_step() -> i64 {

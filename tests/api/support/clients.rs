@@ -1,12 +1,10 @@
-//! The clients of the four protocols: one method per RPC on [`Harness`], sent as REST,
-//! gRPC, gRPC-web or Connect as the harness's protocol says, and raw senders for malformed input.
+//! The harness's clients: one method per RPC on [`Harness`], sent on the harness's protocol by
+//! the shared client of `totp-client` (which checks the wire contract of every answer), and raw
+//! senders for malformed input.
 
-use base64::Engine;
 use http::uri::PathAndQuery;
-use prost::Message;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use totp_client::calls::{CallError, Rpc};
 use totp_service::proto::totpservice::v1 as totp_pb;
 use totp_service::proto::zitadel::user::v2 as user_pb;
 
@@ -20,15 +18,7 @@ impl Harness {
         auth: &Auth,
         request: user_pb::AddHumanUserRequest,
     ) -> Result<user_pb::AddHumanUserResponse, ApiError> {
-        self.call(
-            "zitadel.user.v2.UserService/AddHumanUser",
-            "POST",
-            "/v2/users/human".into(),
-            auth,
-            request,
-            true,
-        )
-        .await
+        self.call(auth, request).await
     }
 
     pub async fn register_totp(
@@ -36,16 +26,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::RegisterTotpResponse, ApiError> {
-        let request = user_pb::RegisterTotpRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/RegisterTOTP",
-            "POST",
-            user_path(user_id, "/totp"),
             auth,
-            request,
-            true,
+            user_pb::RegisterTotpRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -56,17 +41,12 @@ impl Harness {
         user_id: &str,
         code: &str,
     ) -> Result<user_pb::VerifyTotpRegistrationResponse, ApiError> {
-        let request = user_pb::VerifyTotpRegistrationRequest {
-            user_id: user_id.into(),
-            code: code.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/VerifyTOTPRegistration",
-            "POST",
-            user_path(user_id, "/totp/verify"),
             auth,
-            request,
-            true,
+            user_pb::VerifyTotpRegistrationRequest {
+                user_id: user_id.into(),
+                code: code.into(),
+            },
         )
         .await
     }
@@ -77,17 +57,12 @@ impl Harness {
         user_id: &str,
         code: &str,
     ) -> Result<totp_pb::CheckTotpResponse, ApiError> {
-        let request = totp_pb::CheckTotpRequest {
-            user_id: user_id.into(),
-            code: code.into(),
-        };
         self.call(
-            "totpservice.v1.TOTPService/CheckTOTP",
-            "POST",
-            user_path(user_id, "/totp/check"),
             auth,
-            request,
-            true,
+            totp_pb::CheckTotpRequest {
+                user_id: user_id.into(),
+                code: code.into(),
+            },
         )
         .await
     }
@@ -97,16 +72,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::RemoveTotpResponse, ApiError> {
-        let request = user_pb::RemoveTotpRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/RemoveTOTP",
-            "DELETE",
-            user_path(user_id, "/totp"),
             auth,
-            request,
-            false,
+            user_pb::RemoveTotpRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -116,16 +86,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::GetUserByIdResponse, ApiError> {
-        let request = user_pb::GetUserByIdRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/GetUserByID",
-            "GET",
-            user_path(user_id, ""),
             auth,
-            request,
-            false,
+            user_pb::GetUserByIdRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -135,16 +100,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::DeleteUserResponse, ApiError> {
-        let request = user_pb::DeleteUserRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/DeleteUser",
-            "DELETE",
-            user_path(user_id, ""),
             auth,
-            request,
-            false,
+            user_pb::DeleteUserRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -154,16 +114,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::LockUserResponse, ApiError> {
-        let request = user_pb::LockUserRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/LockUser",
-            "POST",
-            user_path(user_id, "/lock"),
             auth,
-            request,
-            true,
+            user_pb::LockUserRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -173,16 +128,11 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::UnlockUserResponse, ApiError> {
-        let request = user_pb::UnlockUserRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/UnlockUser",
-            "POST",
-            user_path(user_id, "/unlock"),
             auth,
-            request,
-            true,
+            user_pb::UnlockUserRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
@@ -192,73 +142,25 @@ impl Harness {
         auth: &Auth,
         user_id: &str,
     ) -> Result<user_pb::ListAuthenticationMethodTypesResponse, ApiError> {
-        let request = user_pb::ListAuthenticationMethodTypesRequest {
-            user_id: user_id.into(),
-        };
         self.call(
-            "zitadel.user.v2.UserService/ListAuthenticationMethodTypes",
-            "GET",
-            user_path(user_id, "/authentication_methods"),
             auth,
-            request,
-            false,
+            user_pb::ListAuthenticationMethodTypesRequest {
+                user_id: user_id.into(),
+            },
         )
         .await
     }
 
-    // ---- the four protocols ----------------------------------------------------------------
-
-    async fn call<Req, Resp>(
-        &self,
-        grpc_method: &str,
-        http_method: &str,
-        rest_path: String,
-        auth: &Auth,
-        request: Req,
-        rest_body: bool,
-    ) -> Result<Resp, ApiError>
-    where
-        Req: Message + Serialize + Send + Sync + 'static,
-        Resp: Message + Default + DeserializeOwned + Send + Sync + 'static,
-    {
-        match self.protocol {
-            Protocol::Rest => {
-                let body = rest_body.then(|| serde_json::to_vec(&request).unwrap());
-                let (status, headers, bytes) =
-                    self.rest_raw(http_method, &rest_path, auth, body).await;
-                if status == 200 {
-                    assert_eq!(
-                        headers.get("content-type").and_then(|v| v.to_str().ok()),
-                        Some("application/json"),
-                        "REST success content type"
-                    );
-                    Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                        panic!(
-                            "REST body does not parse as the response: {e}: {}",
-                            String::from_utf8_lossy(&bytes)
-                        )
-                    }))
-                } else {
-                    Err(rest_error(status, &headers, &bytes))
-                }
+    /// Sends `request` on the harness's protocol; a refusal is returned, an answer that breaks
+    /// the wire contract or a lost connection fails the test.
+    pub async fn call<R: Rpc>(&self, auth: &Auth, request: R) -> Result<R::Response, ApiError> {
+        match self.client.call(auth.header(), request).await {
+            Ok(response) => Ok(response),
+            Err(CallError::Refused(refusal)) => Err(refusal),
+            Err(CallError::Contract(breach)) => {
+                panic!("{} broke the wire contract: {breach}", R::METHOD)
             }
-            Protocol::Grpc => self.grpc_call(grpc_method, auth, request).await,
-            Protocol::Connect => {
-                let body = serde_json::to_vec(&request).unwrap();
-                let path = format!("/{grpc_method}");
-                let (status, headers, bytes) = self
-                    .rest_raw(http_method_for_connect(), &path, auth, Some(body))
-                    .await;
-                if status == 200 {
-                    Ok(
-                        serde_json::from_slice(&bytes)
-                            .expect("Connect body parses as the response"),
-                    )
-                } else {
-                    Err(connect_error(status, &headers, &bytes))
-                }
-            }
-            Protocol::GrpcWeb => self.grpc_web_call(grpc_method, auth, request).await,
+            Err(CallError::Transport(error)) => panic!("{} got no answer: {error}", R::METHOD),
         }
     }
 
@@ -299,40 +201,6 @@ impl Harness {
         (status, headers, bytes)
     }
 
-    async fn grpc_call<Req, Resp>(
-        &self,
-        method: &str,
-        auth: &Auth,
-        request: Req,
-    ) -> Result<Resp, ApiError>
-    where
-        Req: Message + Send + Sync + 'static,
-        Resp: Message + Default + Send + Sync + 'static,
-    {
-        let channel = self.channel.clone().expect("gRPC channel");
-        let mut client = tonic::client::Grpc::new(channel);
-        client.ready().await.expect("gRPC ready");
-        let mut request = tonic::Request::new(request);
-        if let Some(header) = auth.header() {
-            request
-                .metadata_mut()
-                .insert("authorization", header.parse().expect("ASCII header"));
-        }
-        let path = PathAndQuery::try_from(format!("/{method}")).unwrap();
-        let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
-        client
-            .unary(request, path, codec)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| ApiError {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-                details: decode_status_details(status.details()),
-                http_status: None,
-                www_authenticate: None,
-            })
-    }
-
     /// Sends `message` as raw bytes on native gRPC (HTTP/2) to `/<method>`; the status code and
     /// message of the answer (0 when it succeeded).
     pub async fn grpc_raw(&self, method: &str, auth: &Auth, message: Vec<u8>) -> (i32, String) {
@@ -352,43 +220,6 @@ impl Harness {
             Ok(_) => (0, String::new()),
             Err(status) => (status.code() as i32, status.message().to_owned()),
         }
-    }
-
-    async fn grpc_web_call<Req, Resp>(
-        &self,
-        method: &str,
-        auth: &Auth,
-        request: Req,
-    ) -> Result<Resp, ApiError>
-    where
-        Req: Message,
-        Resp: Message + Default,
-    {
-        let body = totp_client::grpc_web::frame(&request.encode_to_vec());
-        let (status, headers, bytes) = self.grpc_web_raw(method, auth, body).await;
-        assert_eq!(status, 200, "gRPC-web answers HTTP 200");
-        let (messages, trailers) = totp_client::grpc_web::parse_body(&bytes);
-        let field = |name: &str| totp_client::grpc_web::field(&headers, &trailers, name);
-        let code: i32 = field("grpc-status").expect("grpc-status").parse().unwrap();
-        if code == 0 {
-            let first = messages.first().expect("a response message");
-            return Ok(Resp::decode(first.as_slice()).expect("response decodes"));
-        }
-        let details = field("grpc-status-details-bin")
-            .map(|b64| {
-                let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(b64.trim_end_matches('='))
-                    .expect("details are base64");
-                decode_status_details(&bytes)
-            })
-            .unwrap_or_default();
-        Err(ApiError {
-            code,
-            message: percent_decode(&field("grpc-message").unwrap_or_default()),
-            details,
-            http_status: None,
-            www_authenticate: None,
-        })
     }
 
     /// Sends a raw gRPC-web (binary) POST over HTTP/1.1.
@@ -414,19 +245,6 @@ impl Harness {
         let bytes = response.bytes().await.expect("gRPC-web body").to_vec();
         (status, headers, bytes)
     }
-}
-
-/// `/v2/users/<id><suffix>`, with the id percent-encoded.
-fn user_path(user_id: &str, suffix: &str) -> String {
-    let mut encoded = String::new();
-    for byte in user_id.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    format!("/v2/users/{encoded}{suffix}")
 }
 
 /// A gRPC codec that sends and receives message bytes as they are (for malformed messages).

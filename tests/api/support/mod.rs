@@ -1,5 +1,6 @@
 //! The test harness: starts the real server on port 0 against SQLite or Postgres, and talks to it
-//! with real clients over REST (HTTP/1.1 JSON), gRPC (tonic over h2c) and gRPC-web (HTTP/1.1).
+//! with the shared client of `totp-client` over REST (HTTP/1.1 JSON), gRPC (tonic on an HTTP/2
+//! connection), gRPC-web (HTTP/1.1) and Connect (JSON).
 //! Every call returns the response message or an [`ApiError`] with what the wire said.
 
 mod clients;
@@ -44,14 +45,7 @@ impl Backend {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Rest,
-    Grpc,
-    GrpcWeb,
-    /// Connect unary calls with JSON bodies on the gRPC paths.
-    Connect,
-}
+pub use totp_client::calls::Protocol;
 
 /// How a harness is set up.
 #[derive(Clone, Debug)]
@@ -94,22 +88,18 @@ impl Options {
 }
 
 /// What a failed call showed on the wire.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiError {
-    pub code: i32,
-    pub message: String,
-    /// `(id, message)` of each ErrorDetail.
-    pub details: Vec<(String, String)>,
-    /// REST only: the HTTP status.
-    pub http_status: Option<u16>,
-    /// REST only: the `WWW-Authenticate` header.
-    pub www_authenticate: Option<String>,
+pub type ApiError = totp_client::calls::Refusal;
+
+/// The assertions of the tests on a refusal.
+pub trait Refused {
+    fn assert_rejected(&self, code: i32, id: &str, message: &str);
+    fn assert_validation(&self, message: &str);
 }
 
-impl ApiError {
+impl Refused for ApiError {
     /// Asserts code, id and English message of an expected refusal (with exactly one detail).
     #[track_caller]
-    pub fn assert_rejected(&self, code: i32, id: &str, message: &str) {
+    fn assert_rejected(&self, code: i32, id: &str, message: &str) {
         assert_eq!(self.code, code, "code of {self:?}");
         assert_eq!(
             self.message,
@@ -128,7 +118,7 @@ impl ApiError {
 
     /// Asserts a validation failure: code 3, the message, no detail.
     #[track_caller]
-    pub fn assert_validation(&self, message: &str) {
+    fn assert_validation(&self, message: &str) {
         assert_eq!(self.code, 3, "code of {self:?}");
         assert_eq!(self.message, message, "message of {self:?}");
         assert!(self.details.is_empty(), "details of {self:?}");
@@ -186,12 +176,12 @@ pub struct TestUser {
 /// A running server and a client of one protocol.
 pub struct Harness {
     pub addr: SocketAddr,
-    pub protocol: Protocol,
     pub clock: Arc<ManualClock>,
     pub system_clock: bool,
     key: LocalSigningKey,
     http: reqwest::Client,
-    channel: Option<tonic::transport::Channel>,
+    /// The client of the harness's protocol.
+    client: totp_client::calls::Client,
     data_dir: Arc<tempfile::TempDir>,
     /// The test's own Postgres database (`None` on SQLite).
     database_url: Option<String>,
@@ -343,24 +333,18 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         tokio::spawn(app.serve(listener, pending()));
-        let channel = match options.protocol {
-            Protocol::Grpc => Some(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .expect("gRPC connects"),
-            ),
-            _ => None,
-        };
+        let http = reqwest::Client::builder().http1_only().build().unwrap();
+        let base = format!("http://{addr}");
+        let client = totp_client::calls::Client::connect(options.protocol, &base, http.clone(), 1)
+            .await
+            .expect("a client of the server");
         Harness {
             addr,
-            protocol: options.protocol,
             clock,
             system_clock: options.system_clock,
             key: LocalSigningKey::load_or_create(data_dir.path()).expect("local key"),
-            http: reqwest::Client::builder().http1_only().build().unwrap(),
-            channel,
+            http,
+            client,
             data_dir,
             database_url,
         }

@@ -6,7 +6,9 @@
 //! ceiling: a loop of the service's own write transaction, without the service. `soak` holds
 //! several instances under a steady mixed load for a long time (see [`soak`]).
 //!
-//! Usually run by `scripts/bench.sh`, which starts the database and the service.
+//! Its calls go through the shared client of `totp-client` ([`totp_client::calls`]), the one the
+//! integration tests use. Usually run by `scripts/bench.sh`, which starts the database and the
+//! service.
 
 mod soak;
 
@@ -17,14 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use http::uri::PathAndQuery;
-use prost::Message;
 use rand::RngCore;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 
-use totp_client::grpc_web;
+use totp_client::calls::{self, CallError, Rpc};
 use totp_service::config::parse_duration;
 use totp_service::domain::clock::{Clock, SystemClock};
 use totp_service::domain::totp::{self, Algorithm, Secret};
@@ -204,58 +203,12 @@ fn wrong_code(secret: &Secret) -> String {
 
 // ---- clients ----------------------------------------------------------------------------------
 
-/// One protocol's client, shared by the workers of a run.
+/// One protocol's client with the run's token, shared by the workers of a run.
 #[derive(Clone)]
 struct Client {
     protocol: Protocol,
-    base: String,
-    bearer: String,
-    http: reqwest::Client,
-    connections: Vec<Http2>,
-}
-
-/// One HTTP/2 connection for gRPC calls. tonic's `Channel` would put a buffer task between each
-/// call and the connection (one more task wake-up per call, on the cores the service shares);
-/// here a call goes straight to the connection's handle.
-#[derive(Clone)]
-struct Http2 {
-    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
-    origin: http::Uri,
-}
-
-impl Http2 {
-    async fn connect(base: &str) -> anyhow::Result<Self> {
-        let origin: http::Uri = base.parse().context("target URL")?;
-        let authority = origin.authority().context("target URL without host")?;
-        let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-        stream.set_nodelay(true)?;
-        let (send, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await?;
-        tokio::spawn(connection);
-        Ok(Http2 { send, origin })
-    }
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Http2 {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.send.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.send.send_request(request))
-    }
+    calls: Arc<calls::Client>,
+    bearer: Arc<str>,
 }
 
 /// The answer to a call: `Ok` or the refusal's error id (or `code N` without one).
@@ -263,160 +216,52 @@ type Outcome<T> = Result<T, String>;
 
 impl Client {
     async fn new(protocol: Protocol, base: &str, token: &str) -> anyhow::Result<Self> {
-        let mut connections = vec![];
-        if protocol == Protocol::Grpc {
-            // A few HTTP/2 connections, so one connection's task is not the bottleneck.
-            for _ in 0..4 {
-                connections.push(Http2::connect(base).await?);
-            }
-        }
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let wire = match protocol {
+            Protocol::Rest => calls::Protocol::Rest,
+            Protocol::Grpc => calls::Protocol::Grpc,
+            Protocol::GrpcWeb => calls::Protocol::GrpcWeb,
+        };
+        // A few HTTP/2 connections for gRPC, so one connection's task is not the bottleneck.
+        let calls = calls::Client::connect(wire, base, http, 4)
+            .await
+            .map_err(anyhow::Error::msg)?;
         Ok(Client {
             protocol,
-            base: base.trim_end_matches('/').to_owned(),
-            bearer: format!("Bearer {token}"),
-            http: reqwest::Client::builder()
-                .http1_only()
-                .pool_max_idle_per_host(256)
-                .build()?,
-            connections,
+            calls: Arc::new(calls),
+            bearer: format!("Bearer {token}").into(),
         })
     }
 
-    async fn call<Req, Resp>(
-        &self,
-        worker: usize,
-        method: &str,
-        rest_path: &str,
-        request: Req,
-    ) -> Outcome<Resp>
-    where
-        Req: Message + Serialize + Send + Sync + 'static,
-        Resp: Message + Default + DeserializeOwned + Send + Sync + 'static,
-    {
-        match self.protocol {
-            Protocol::Rest => {
-                let response = self
-                    .http
-                    .post(format!("{}{rest_path}", self.base))
-                    .header("authorization", &self.bearer)
-                    .json(&request)
-                    .send()
-                    .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                let ok = response.status().is_success();
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                if ok {
-                    serde_json::from_slice(&bytes).map_err(|e| format!("bad body: {e}"))
-                } else {
-                    let body: serde_json::Value =
-                        serde_json::from_slice(&bytes).unwrap_or_default();
-                    Err(body["details"][0]["id"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("code {}", body["code"])))
-                }
-            }
-            Protocol::Grpc => {
-                let connection = &self.connections[worker % self.connections.len()];
-                let mut grpc =
-                    tonic::client::Grpc::with_origin(connection.clone(), connection.origin.clone());
-                grpc.ready().await.map_err(|e| format!("transport: {e}"))?;
-                let mut request = tonic::Request::new(request);
-                request
-                    .metadata_mut()
-                    .insert("authorization", self.bearer.parse().expect("ASCII token"));
-                let path = PathAndQuery::try_from(format!("/{method}")).expect("valid path");
-                grpc.unary(
-                    request,
-                    path,
-                    tonic_prost::ProstCodec::<Req, Resp>::default(),
-                )
-                .await
-                .map(tonic::Response::into_inner)
-                .map_err(|status| {
-                    detail_id(status.details())
-                        .unwrap_or_else(|| format!("code {}", status.code() as i32))
-                })
-            }
-            Protocol::GrpcWeb => {
-                let response = self
-                    .http
-                    .post(format!("{}/{method}", self.base))
-                    .header("authorization", &self.bearer)
-                    .header("content-type", "application/grpc-web+proto")
-                    .body(grpc_web::frame(&request.encode_to_vec()))
-                    .send()
-                    .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                let headers = response.headers().clone();
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| format!("transport: {e}"))?;
-                let (messages, trailers) = grpc_web::parse_body(&bytes);
-                let field = |name: &str| grpc_web::field(&headers, &trailers, name);
-                match field("grpc-status").as_deref() {
-                    Some("0") => messages
-                        .first()
-                        .and_then(|m| Resp::decode(m.as_slice()).ok())
-                        .ok_or_else(|| "bad body".to_owned()),
-                    status => {
-                        use base64::Engine;
-                        let details = field("grpc-status-details-bin").and_then(|b64| {
-                            base64::engine::general_purpose::STANDARD_NO_PAD
-                                .decode(b64.trim_end_matches('='))
-                                .ok()
-                        });
-                        Err(details
-                            .and_then(|d| detail_id(&d))
-                            .unwrap_or_else(|| format!("code {}", status.unwrap_or("?"))))
-                    }
-                }
-            }
-        }
+    async fn call<R: Rpc>(&self, request: R) -> Outcome<R::Response> {
+        self.calls
+            .call(Some(&self.bearer), request)
+            .await
+            .map_err(|error| match error {
+                CallError::Refused(refusal) => refusal.label(),
+                CallError::Contract(breach) => format!("bad answer: {breach}"),
+                CallError::Transport(error) => format!("transport: {error}"),
+            })
     }
 
-    async fn check(&self, worker: usize, user_id: &str, code: String) -> Outcome<()> {
+    async fn check(&self, user_id: &str, code: String) -> Outcome<()> {
         let request = totp_pb::CheckTotpRequest {
             user_id: user_id.to_owned(),
             code,
         };
-        self.call::<_, totp_pb::CheckTotpResponse>(
-            worker,
-            "totpservice.v1.TOTPService/CheckTOTP",
-            &format!("/v2/users/{user_id}/totp/check"),
-            request,
-        )
-        .await
-        .map(|_| ())
+        self.call(request).await.map(|_| ())
     }
 
-    async fn verify(&self, worker: usize, user_id: &str, code: String) -> Outcome<()> {
+    async fn verify(&self, user_id: &str, code: String) -> Outcome<()> {
         let request = user_pb::VerifyTotpRegistrationRequest {
             user_id: user_id.to_owned(),
             code,
         };
-        self.call::<_, user_pb::VerifyTotpRegistrationResponse>(
-            worker,
-            "zitadel.user.v2.UserService/VerifyTOTPRegistration",
-            &format!("/v2/users/{user_id}/totp/verify"),
-            request,
-        )
-        .await
-        .map(|_| ())
+        self.call(request).await.map(|_| ())
     }
-}
-
-/// The id of the first ErrorDetail of a gRPC error.
-fn detail_id(details: &[u8]) -> Option<String> {
-    totp_client::status::error_details(details)
-        .ok()?
-        .into_iter()
-        .next()
-        .map(|(id, _)| id)
 }
 
 // ---- provisioning -----------------------------------------------------------------------------
@@ -451,7 +296,7 @@ async fn provision(client: &Client, kind: Kind, count: usize) -> anyhow::Result<
     let run = format!("{:08x}", rand::thread_rng().next_u32());
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
-    for worker in 0..32 {
+    for _ in 0..32 {
         let (client, next, run) = (client.clone(), next.clone(), run.clone());
         tasks.spawn(async move {
             let mut made = vec![];
@@ -481,42 +326,21 @@ async fn provision(client: &Client, kind: Kind, count: usize) -> anyhow::Result<
                     totp_secret: (kind != Kind::Pending).then(|| secret.to_base32()),
                     username: None,
                 };
-                client
-                    .call::<_, user_pb::AddHumanUserResponse>(
-                        worker,
-                        "zitadel.user.v2.UserService/AddHumanUser",
-                        "/v2/users/human",
-                        add,
-                    )
-                    .await?;
+                client.call(add).await?;
                 let secret = match kind {
                     Kind::Ready => secret,
                     Kind::Locked => {
                         let lock = user_pb::LockUserRequest {
                             user_id: id.clone(),
                         };
-                        client
-                            .call::<_, user_pb::LockUserResponse>(
-                                worker,
-                                "zitadel.user.v2.UserService/LockUser",
-                                "",
-                                lock,
-                            )
-                            .await?;
+                        client.call(lock).await?;
                         secret
                     }
                     Kind::Pending => {
                         let register = user_pb::RegisterTotpRequest {
                             user_id: id.clone(),
                         };
-                        let registered = client
-                            .call::<_, user_pb::RegisterTotpResponse>(
-                                worker,
-                                "zitadel.user.v2.UserService/RegisterTOTP",
-                                "",
-                                register,
-                            )
-                            .await?;
+                        let registered = client.call(register).await?;
                         Secret::from_base32(&registered.secret).ok_or("bad secret")?
                     }
                 };
@@ -684,7 +508,7 @@ async fn measure(
     let deadline = Instant::now() + args.duration;
     let started = Instant::now();
     let mut workers = JoinSet::new();
-    for worker in 0..concurrency {
+    for _ in 0..concurrency {
         let (client, next, item) = (client.clone(), next.clone(), item.clone());
         workers.spawn(async move {
             let mut latencies = vec![];
@@ -705,10 +529,8 @@ async fn measure(
                     };
                     let sent = Instant::now();
                     let outcome = match scenario {
-                        Scenario::Verify => {
-                            client.verify(worker, &request.user_id, request.code).await
-                        }
-                        _ => client.check(worker, &request.user_id, request.code).await,
+                        Scenario::Verify => client.verify(&request.user_id, request.code).await,
+                        _ => client.check(&request.user_id, request.code).await,
                     };
                     latencies.push(sent.elapsed().as_micros() as u64);
                     *outcomes
