@@ -1,6 +1,8 @@
 //! The one error type of the domain. Every expected refusal is a [`Rejection`] with the gRPC code,
 //! ZITADEL's error id and its English message (SPEC.md §3); the transports only translate it.
 
+use super::totp::ImportProblem;
+
 /// The gRPC status codes this service answers with. The transports map them to HTTP statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
@@ -85,6 +87,35 @@ pub const TOTP_SECRET_INVALID: Rejection = rejection(
     Code::InvalidArgument,
     "USER-t0tp1",
     "TOTP secret must be base32 of at least 16 bytes",
+);
+/// ImportTOTP: a request with both a URI and a secret, or neither.
+pub const IMPORT_SOURCE: Rejection = rejection(
+    Code::InvalidArgument,
+    "TOTP-imp0x",
+    "ImportTOTP takes either uri or secret (with algorithm, digits and period), not both",
+);
+/// ImportTOTP: the URI is not an `otpauth://totp/` one.
+pub const IMPORT_URI: Rejection = rejection(
+    Code::InvalidArgument,
+    "TOTP-imp0u",
+    "uri must be an otpauth://totp/ URI",
+);
+pub const IMPORT_SECRET: Rejection = rejection(
+    Code::InvalidArgument,
+    "TOTP-imp0s",
+    "secret must be base32 of at least 16 bytes",
+);
+pub const IMPORT_ALGORITHM: Rejection = rejection(
+    Code::InvalidArgument,
+    "TOTP-imp0a",
+    "algorithm must be SHA1, SHA256 or SHA512",
+);
+pub const IMPORT_DIGITS: Rejection =
+    rejection(Code::InvalidArgument, "TOTP-imp0d", "digits must be 6 or 8");
+pub const IMPORT_PERIOD: Rejection = rejection(
+    Code::InvalidArgument,
+    "TOTP-imp0p",
+    "period must be between 15 and 120 seconds",
 );
 pub const SECRET_KEY_UNAVAILABLE: Rejection = rejection(
     Code::FailedPrecondition,
@@ -178,6 +209,18 @@ pub enum Error {
     /// Anything unexpected (code 13). The text is for the log only, never for the client.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<ImportProblem> for Error {
+    fn from(problem: ImportProblem) -> Self {
+        Error::Rejected(match problem {
+            ImportProblem::Uri => IMPORT_URI,
+            ImportProblem::Algorithm => IMPORT_ALGORITHM,
+            ImportProblem::Digits => IMPORT_DIGITS,
+            ImportProblem::Period => IMPORT_PERIOD,
+            ImportProblem::Secret => IMPORT_SECRET,
+        })
+    }
 }
 
 impl From<Rejection> for Error {

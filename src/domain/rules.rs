@@ -11,7 +11,7 @@ use serde_json::json;
 use super::clock::Timestamp;
 use super::error::{self, Error, Rejection};
 use super::store::{Changes, NewEvent, Outcome, Snapshot, TotpChange};
-use super::totp::{self, CodeMatch, Secret};
+use super::totp::{self, CodeMatch, Parameters, Secret};
 use super::types::{SealedSecret, TotpCode, TotpRecord, TotpState, UserRecord, UserState};
 use crate::crypto::{CryptoError, KeyRing};
 
@@ -155,6 +155,21 @@ pub enum CodeUse {
 /// user may not change its own second factor: a stolen session of a locked account must not swap
 /// the factor that locked it (an administrator still may).
 pub fn register(draft: &mut Draft, sealed: SealedSecret) -> Result<Outcome, Error> {
+    may_set_a_factor(draft)?;
+    draft.put_totp(TotpRecord {
+        state: TotpState::Pending,
+        secret: sealed,
+        parameters: Parameters::ISSUED,
+        last_used_step: None,
+        created_at: draft.at,
+    });
+    draft.append(events::OTP_ADDED, json!({}));
+    Ok(Outcome::Accept)
+}
+
+/// Whether a new factor may take the place of the user's: not over a ready one, and not by a
+/// locked user itself (see [`register`]).
+fn may_set_a_factor(draft: &Draft) -> Result<(), Error> {
     if draft.is_locked_self_service() {
         return Err(error::USER_LOCKED.into());
     }
@@ -165,15 +180,42 @@ pub fn register(draft: &mut Draft, sealed: SealedSecret) -> Result<Outcome, Erro
     {
         return Err(error::TOTP_ALREADY_SET_UP.into());
     }
+    Ok(())
+}
+
+/// ImportTOTP: a credential from another system with its own parameters, ready at once (its user
+/// has been using it) unless `pending` asks for a first code as RegisterTOTP's would. Like
+/// [`register`], it replaces a pending factor and refuses over a ready one.
+pub fn import(
+    draft: &mut Draft,
+    sealed: SealedSecret,
+    parameters: Parameters,
+    pending: bool,
+) -> Result<Outcome, Error> {
+    may_set_a_factor(draft)?;
     draft.put_totp(TotpRecord {
-        state: TotpState::Pending,
+        state: if pending {
+            TotpState::Pending
+        } else {
+            TotpState::Ready
+        },
         secret: sealed,
-        digits: totp::DIGITS,
-        period: totp::PERIOD,
+        parameters,
         last_used_step: None,
         created_at: draft.at,
     });
-    draft.append(events::OTP_ADDED, json!({}));
+    draft.append(
+        events::OTP_ADDED,
+        json!({
+            "imported": true,
+            "algorithm": parameters.algorithm.as_str(),
+            "digits": parameters.digits,
+            "period": parameters.period,
+        }),
+    );
+    if !pending {
+        draft.append(events::OTP_VERIFIED, json!({ "imported": true }));
+    }
     Ok(Outcome::Accept)
 }
 
@@ -203,8 +245,7 @@ pub fn use_code(
         &secret,
         code.expose(),
         draft.at.unix_seconds(),
-        record.digits,
-        record.period,
+        record.parameters,
         record.last_used_step,
     );
     let step = match matched {
@@ -413,8 +454,7 @@ mod tests {
             let totp = state.map(|state| TotpRecord {
                 state,
                 secret: seal_secret(&self.keys, USER, &self.secret),
-                digits: totp::DIGITS,
-                period: totp::PERIOD,
+                parameters: Parameters::ISSUED,
                 last_used_step: None,
                 created_at: Timestamp(0),
             });
@@ -613,6 +653,72 @@ mod tests {
     }
 
     #[test]
+    fn an_import_is_ready_at_once_and_its_codes_follow_its_parameters() {
+        let f = Fixture::new();
+        let parameters = Parameters {
+            algorithm: Algorithm::Sha512,
+            digits: 8,
+            period: 60,
+        };
+        let sealed = seal_secret(&f.keys, USER, &f.secret);
+        let mut alice = draft(f.snapshot(None));
+        assert_eq!(
+            import(&mut alice, sealed, parameters, false),
+            Ok(Outcome::Accept)
+        );
+        assert_eq!(alice.totp.as_ref().unwrap().state, TotpState::Ready);
+        let changes = alice.finish(Outcome::Accept);
+        assert_eq!(
+            event_types(&changes),
+            [events::OTP_ADDED, events::OTP_VERIFIED]
+        );
+        let TotpChange::Put(imported) = &changes.totp else {
+            panic!("the factor is written: {:?}", changes.totp)
+        };
+        assert_eq!(imported.parameters, parameters);
+
+        let mut later = draft(Snapshot {
+            user: changes.user.clone(),
+            totp: Some(imported.clone()),
+        });
+        let step = totp::step_at(NOW.unix_seconds(), 60);
+        let code = totp::code_for_step(&f.secret, step, 8, Algorithm::Sha512);
+        let code = TotpCode::parse(&code, "CheckTOTPRequest").unwrap();
+        assert_eq!(f.check(&mut later, &code), Ok(Outcome::Accept));
+        assert_eq!(later.totp.as_ref().unwrap().last_used_step, Some(step));
+        let mut with_issued_parameters = draft(Snapshot {
+            user: changes.user.clone(),
+            totp: Some(imported.clone()),
+        });
+        assert_eq!(
+            f.check(&mut with_issued_parameters, &f.code(0)),
+            Ok(Outcome::RecordAndRefuse(error::INVALID_CODE)),
+            "a six-digit SHA-1 code of 30-second steps is not this credential's"
+        );
+    }
+
+    #[test]
+    fn a_pending_import_waits_for_its_first_code_and_replaces_only_a_pending_factor() {
+        let f = Fixture::new();
+        let sealed = seal_secret(&f.keys, USER, &f.secret);
+        let mut pending = draft(f.snapshot(Some(TotpState::Pending)));
+        assert_eq!(
+            import(&mut pending, sealed.clone(), Parameters::ISSUED, true),
+            Ok(Outcome::Accept)
+        );
+        assert_eq!(pending.totp.as_ref().unwrap().state, TotpState::Pending);
+        assert_eq!(
+            event_types(&pending.finish(Outcome::Accept)),
+            [events::OTP_ADDED]
+        );
+        let mut ready = draft(f.snapshot(Some(TotpState::Ready)));
+        assert_eq!(
+            import(&mut ready, sealed, Parameters::ISSUED, false),
+            Err(error::TOTP_ALREADY_SET_UP.into())
+        );
+    }
+
+    #[test]
     fn a_locked_user_cannot_swap_its_own_factor_but_an_administrator_can() {
         let f = Fixture::new();
         let mut snapshot = f.snapshot(Some(TotpState::Ready));
@@ -621,7 +727,11 @@ mod tests {
         assert_eq!(remove(&mut itself()), Err(error::USER_LOCKED.into()));
         let sealed = seal_secret(&f.keys, USER, &f.secret);
         assert_eq!(
-            register(&mut itself(), sealed),
+            register(&mut itself(), sealed.clone()),
+            Err(error::USER_LOCKED.into())
+        );
+        assert_eq!(
+            import(&mut itself(), sealed, Parameters::ISSUED, false),
             Err(error::USER_LOCKED.into())
         );
         assert_eq!(remove(&mut draft(snapshot.clone())), Ok(Outcome::Accept));

@@ -17,7 +17,7 @@ use super::error::{self, Error};
 use super::outage::OutageLog;
 use super::rules::{self, CodeUse, Draft};
 use super::store::{Committed, ConnectionStats, Outcome, Snapshot, Store};
-use super::totp::{self, Secret};
+use super::totp::{self, Imported, Parameters, Secret};
 use super::types::{
     Caller, Details, Permission, Profile, TotpCode, TotpRecord, TotpState, UserId, UserRecord,
     UserState,
@@ -189,6 +189,27 @@ impl Service {
         })
     }
 
+    /// ImportTOTP: a credential from another system, with its parameters (see [`rules::import`]).
+    pub async fn import_totp(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        imported: Imported,
+        pending: bool,
+    ) -> Result<Details, Error> {
+        let sealed = rules::seal_secret(&self.keys, user_id.as_str(), &imported.secret);
+        let parameters = imported.parameters;
+        let committed = self
+            .change_user(
+                caller,
+                user_id,
+                Access::self_or(Permission::UserCredentialWrite),
+                move |draft| rules::import(draft, sealed.clone(), parameters, pending),
+            )
+            .await?;
+        Ok(committed.details)
+    }
+
     /// VerifyTOTPRegistration: the first code makes a pending TOTP ready.
     pub async fn verify_totp_registration(
         &self,
@@ -311,8 +332,7 @@ impl Service {
             draft.put_totp(TotpRecord {
                 state: TotpState::Ready,
                 secret: sealed,
-                digits: totp::DIGITS,
-                period: totp::PERIOD,
+                parameters: Parameters::ISSUED,
                 last_used_step: None,
                 created_at: at,
             });

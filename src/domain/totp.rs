@@ -1,5 +1,6 @@
-//! RFC 6238 time-based one-time passwords: secrets, codes, the accepted window and the otpauth URI.
-//! The HMAC-based codes and the secrets' generation and base32 come from the `totp-rs` crate;
+//! RFC 6238 time-based one-time passwords: secrets, codes, the accepted window, the otpauth URI we
+//! issue and the credentials we import. The HMAC-based codes, the secrets' generation and base32,
+//! and the parsing of imported otpauth URIs come from the `totp-rs` crate;
 //! the rules on top are ours: a check matches a code against the steps the user has not used yet,
 //! so a step is accepted once (RFC 6238 §5.2), and comparisons are constant-time.
 
@@ -18,8 +19,8 @@ pub const PERIOD: u32 = 30;
 /// Steps accepted either side of the current one.
 pub const SKEW_STEPS: i64 = 1;
 
-/// The HMAC behind a code. Only SHA-1 is issued (every authenticator app supports it); the others
-/// exist for the RFC's test vectors.
+/// The HMAC behind a code. Secrets this service issues use SHA-1 (every authenticator app supports
+/// it); imported ones may use the others.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
     Sha1,
@@ -35,6 +36,39 @@ impl Algorithm {
             Algorithm::Sha512 => totp_rs::Algorithm::SHA512,
         }
     }
+
+    /// The name in an otpauth URI and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Sha1 => "SHA1",
+            Algorithm::Sha256 => "SHA256",
+            Algorithm::Sha512 => "SHA512",
+        }
+    }
+
+    /// The algorithm named `name` (as [`Self::as_str`] writes it, any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Algorithm::Sha1, Algorithm::Sha256, Algorithm::Sha512]
+            .into_iter()
+            .find(|algorithm| algorithm.as_str().eq_ignore_ascii_case(name))
+    }
+}
+
+/// How a credential's codes are made: its HMAC, the digits of a code and the seconds of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parameters {
+    pub algorithm: Algorithm,
+    pub digits: u32,
+    pub period: u32,
+}
+
+impl Parameters {
+    /// What this service issues, and what every authenticator app understands.
+    pub const ISSUED: Parameters = Parameters {
+        algorithm: Algorithm::Sha1,
+        digits: DIGITS,
+        period: PERIOD,
+    };
 }
 
 /// A TOTP shared secret. Debug never prints it.
@@ -131,10 +165,14 @@ pub fn match_code(
     secret: &Secret,
     submitted: &str,
     unix_seconds: i64,
-    digits: u32,
-    period: u32,
+    parameters: Parameters,
     last_used_step: Option<i64>,
 ) -> CodeMatch {
+    let Parameters {
+        algorithm,
+        digits,
+        period,
+    } = parameters;
     let code = submitted.trim();
     if code.len() != digits as usize || !code.bytes().all(|b| b.is_ascii_digit()) {
         return CodeMatch::NoMatch;
@@ -143,7 +181,7 @@ pub fn match_code(
     let mut fresh = None;
     let mut matched_used = false;
     for step in (current - SKEW_STEPS)..=(current + SKEW_STEPS) {
-        let expected = code_for_step(secret, step, digits, Algorithm::Sha1);
+        let expected = code_for_step(secret, step, digits, algorithm);
         if bool::from(expected.as_bytes().ct_eq(code.as_bytes())) {
             if last_used_step.is_some_and(|last| step <= last) {
                 matched_used = true;
@@ -157,6 +195,74 @@ pub fn match_code(
         (None, true) => CodeMatch::AlreadyUsed,
         (None, false) => CodeMatch::NoMatch,
     }
+}
+
+/// Shortest and longest step accepted on import, in seconds: shorter steps leave a user no time to
+/// type a code, longer ones keep a code valid for minutes.
+pub const IMPORT_PERIODS: std::ops::RangeInclusive<u32> = 15..=120;
+
+/// A credential brought from another system: its secret and how its codes are made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Imported {
+    pub secret: Secret,
+    pub parameters: Parameters,
+}
+
+/// The part of an imported credential that is not acceptable, so that the refusal can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportProblem {
+    /// Not an `otpauth://totp/` URI.
+    Uri,
+    Algorithm,
+    Digits,
+    Period,
+    Secret,
+}
+
+/// Reads an `otpauth://totp/…` URI (Key Uri Format; parsed by totp-rs): its secret, algorithm,
+/// digits and period, each checked as [`import`] does. The label and issuer are not kept.
+pub fn parse_otpauth_uri(uri: &str) -> Result<Imported, ImportProblem> {
+    use totp_rs::TotpError;
+    let parsed = totp_rs::Totp::from_url_unchecked(uri).map_err(|error| match error {
+        TotpError::InvalidAlgorithm { .. } => ImportProblem::Algorithm,
+        TotpError::DigitsParse { .. } | TotpError::InvalidDigits { .. } => ImportProblem::Digits,
+        TotpError::StepParse { .. } | TotpError::InvalidStepZero => ImportProblem::Period,
+        TotpError::InvalidSecret | TotpError::SecretNotSet | TotpError::SecretTooShort { .. } => {
+            ImportProblem::Secret
+        }
+        _ => ImportProblem::Uri,
+    })?;
+    let algorithm = match parsed.algorithm() {
+        totp_rs::Algorithm::SHA1 => Algorithm::Sha1,
+        totp_rs::Algorithm::SHA256 => Algorithm::Sha256,
+        totp_rs::Algorithm::SHA512 => Algorithm::Sha512,
+        #[allow(unreachable_patterns)]
+        _ => return Err(ImportProblem::Algorithm),
+    };
+    let period = u32::try_from(parsed.step()).map_err(|_| ImportProblem::Period)?;
+    import(
+        Secret(parsed.secret().as_bytes().to_vec()),
+        Parameters {
+            algorithm,
+            digits: u32::from(parsed.digits()),
+            period,
+        },
+    )
+}
+
+/// Checks an imported credential: a secret of at least [`MIN_SECRET_BYTES`], 6 or 8 digits (what
+/// authenticator apps show) and a period in [`IMPORT_PERIODS`].
+pub fn import(secret: Secret, parameters: Parameters) -> Result<Imported, ImportProblem> {
+    if secret.0.len() < MIN_SECRET_BYTES {
+        return Err(ImportProblem::Secret);
+    }
+    if !matches!(parameters.digits, 6 | 8) {
+        return Err(ImportProblem::Digits);
+    }
+    if !IMPORT_PERIODS.contains(&parameters.period) {
+        return Err(ImportProblem::Period);
+    }
+    Ok(Imported { secret, parameters })
 }
 
 /// Percent-encodes a URI label or query value: keeps RFC 3986 unreserved characters and `@`
@@ -235,11 +341,11 @@ mod tests {
         for offset in [-1, 0, 1] {
             let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
             assert_eq!(
-                match_code(&secret, &code, now, DIGITS, PERIOD, None),
+                match_code(&secret, &code, now, Parameters::ISSUED, None),
                 CodeMatch::Fresh(current + offset)
             );
             assert_eq!(
-                match_code(&secret, &code, now, DIGITS, PERIOD, Some(current - 2)),
+                match_code(&secret, &code, now, Parameters::ISSUED, Some(current - 2)),
                 CodeMatch::Fresh(current + offset)
             );
         }
@@ -251,7 +357,7 @@ mod tests {
         let now = 1_111_111_111;
         let code = code_for_step(&secret, step_at(now, PERIOD) - 2, DIGITS, Algorithm::Sha1);
         assert_eq!(
-            match_code(&secret, &code, now, DIGITS, PERIOD, None),
+            match_code(&secret, &code, now, Parameters::ISSUED, None),
             CodeMatch::NoMatch
         );
     }
@@ -264,13 +370,13 @@ mod tests {
         for offset in [-1, 0] {
             let code = code_for_step(&secret, current + offset, DIGITS, Algorithm::Sha1);
             assert_eq!(
-                match_code(&secret, &code, now, DIGITS, PERIOD, Some(current)),
+                match_code(&secret, &code, now, Parameters::ISSUED, Some(current)),
                 CodeMatch::AlreadyUsed
             );
         }
         let next = code_for_step(&secret, current + 1, DIGITS, Algorithm::Sha1);
         assert_eq!(
-            match_code(&secret, &next, now, DIGITS, PERIOD, Some(current)),
+            match_code(&secret, &next, now, Parameters::ISSUED, Some(current)),
             CodeMatch::Fresh(current + 1)
         );
     }
@@ -292,16 +398,28 @@ mod tests {
         // At the first step, the code is taken as that step: the second stays for the next login.
         let at_first = first * i64::from(PERIOD);
         assert_eq!(
-            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(first - 1)),
+            match_code(
+                &secret,
+                "070562",
+                at_first,
+                Parameters::ISSUED,
+                Some(first - 1)
+            ),
             CodeMatch::Fresh(first)
         );
         // With the first step used, the same code is still a fresh code for the second.
         assert_eq!(
-            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(first)),
+            match_code(&secret, "070562", at_first, Parameters::ISSUED, Some(first)),
             CodeMatch::Fresh(second)
         );
         assert_eq!(
-            match_code(&secret, "070562", at_first, DIGITS, PERIOD, Some(second)),
+            match_code(
+                &secret,
+                "070562",
+                at_first,
+                Parameters::ISSUED,
+                Some(second)
+            ),
             CodeMatch::AlreadyUsed
         );
     }
@@ -311,7 +429,7 @@ mod tests {
         let secret = ascii_secret("12345678901234567890");
         let now = 1_111_111_111;
         let code = code_for_step(&secret, step_at(now, PERIOD), DIGITS, Algorithm::Sha1);
-        let check = |submitted: &str| match_code(&secret, submitted, now, DIGITS, PERIOD, None);
+        let check = |submitted: &str| match_code(&secret, submitted, now, Parameters::ISSUED, None);
         assert!(matches!(check(&format!(" {code} ")), CodeMatch::Fresh(_)));
         for malformed in [
             &format!("{code}0")[..],
@@ -321,6 +439,120 @@ mod tests {
         ] {
             assert_eq!(check(malformed), CodeMatch::NoMatch, "{malformed:?}");
         }
+    }
+
+    const RFC_SECRET_BASE32: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+    #[test]
+    fn an_imported_uri_keeps_its_algorithm_digits_and_period() {
+        let uri = format!(
+            "otpauth://totp/Keycloak:alice%40example.com?secret={RFC_SECRET_BASE32}&algorithm=SHA256&digits=8&period=60&issuer=Keycloak"
+        );
+        let imported = parse_otpauth_uri(&uri).unwrap();
+        assert_eq!(imported.secret, ascii_secret("12345678901234567890"));
+        assert_eq!(
+            imported.parameters,
+            Parameters {
+                algorithm: Algorithm::Sha256,
+                digits: 8,
+                period: 60
+            }
+        );
+    }
+
+    #[test]
+    fn an_imported_uri_without_parameters_takes_sha1_six_digits_and_thirty_seconds() {
+        let uri = format!("otpauth://totp/alice?secret={RFC_SECRET_BASE32}");
+        assert_eq!(
+            parse_otpauth_uri(&uri).unwrap().parameters,
+            Parameters::ISSUED
+        );
+    }
+
+    #[test]
+    fn an_imported_uri_names_the_parameter_it_refuses() {
+        let with = |query: &str| format!("otpauth://totp/alice?secret={RFC_SECRET_BASE32}&{query}");
+        let cases = [
+            (
+                "https://example.com/?secret=x".to_owned(),
+                ImportProblem::Uri,
+            ),
+            (
+                format!("otpauth://hotp/alice?secret={RFC_SECRET_BASE32}"),
+                ImportProblem::Uri,
+            ),
+            ("not a uri".to_owned(), ImportProblem::Uri),
+            (with("algorithm=MD5"), ImportProblem::Algorithm),
+            (with("digits=7"), ImportProblem::Digits),
+            (with("digits=six"), ImportProblem::Digits),
+            (with("digits=300"), ImportProblem::Digits),
+            (with("period=14"), ImportProblem::Period),
+            (with("period=121"), ImportProblem::Period),
+            (with("period=0"), ImportProblem::Period),
+            (with("period=99999999999"), ImportProblem::Period),
+            (
+                "otpauth://totp/alice?digits=6".to_owned(),
+                ImportProblem::Secret,
+            ),
+            (
+                "otpauth://totp/alice?secret=GEZDGNBV".to_owned(),
+                ImportProblem::Secret,
+            ),
+            (
+                "otpauth://totp/alice?secret=not-base32!".to_owned(),
+                ImportProblem::Secret,
+            ),
+        ];
+        for (uri, problem) in cases {
+            assert_eq!(parse_otpauth_uri(&uri), Err(problem), "{uri}");
+        }
+    }
+
+    #[test]
+    fn imported_periods_and_digits_at_the_edges() {
+        let secret = ascii_secret("12345678901234567890");
+        let with = |digits, period| {
+            import(
+                secret.clone(),
+                Parameters {
+                    algorithm: Algorithm::Sha512,
+                    digits,
+                    period,
+                },
+            )
+        };
+        assert!(with(6, 15).is_ok());
+        assert!(with(8, 120).is_ok());
+        assert_eq!(with(6, 14), Err(ImportProblem::Period));
+        assert_eq!(with(6, 121), Err(ImportProblem::Period));
+        assert_eq!(with(7, 30), Err(ImportProblem::Digits));
+        assert_eq!(with(10, 30), Err(ImportProblem::Digits));
+        let short = Secret::from_bytes(vec![7; MIN_SECRET_BYTES - 1]);
+        assert_eq!(
+            import(short, Parameters::ISSUED),
+            Err(ImportProblem::Secret)
+        );
+    }
+
+    #[test]
+    fn codes_of_an_imported_credential_follow_its_parameters() {
+        let secret = ascii_secret("12345678901234567890123456789012");
+        let parameters = Parameters {
+            algorithm: Algorithm::Sha256,
+            digits: 8,
+            period: 60,
+        };
+        // RFC 6238's SHA-256 vector at 1,111,111,109 s with 30-second steps is step 37,037,036;
+        // with 60-second steps that step number is reached at twice the time.
+        let now = 37_037_036 * 60 + 5;
+        assert_eq!(
+            match_code(&secret, "68084774", now, parameters, None),
+            CodeMatch::Fresh(37_037_036)
+        );
+        assert_eq!(
+            match_code(&secret, "68084774", now, Parameters::ISSUED, None),
+            CodeMatch::NoMatch
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
 use super::error::Error;
+use super::totp::Parameters;
 
 /// Longest accepted id, code, username or secret, in Unicode scalar values (as ZITADEL's validation).
 pub const MAX_FIELD_CHARS: usize = 200;
@@ -267,8 +268,9 @@ impl fmt::Debug for SealedSecret {
 pub struct TotpRecord {
     pub state: TotpState,
     pub secret: SealedSecret,
-    pub digits: u32,
-    pub period: u32,
+    /// Its algorithm, digits and period: this service's own for a registered factor, the other
+    /// system's for an imported one.
+    pub parameters: Parameters,
     /// The last time step accepted (at verification or check); older or equal steps are refused.
     pub last_used_step: Option<i64>,
     pub created_at: Timestamp,

@@ -8,6 +8,7 @@ use super::classify;
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::store::{Changes, Snapshot, TotpChange};
+use crate::domain::totp::{Algorithm, Parameters};
 use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRecord, UserState};
 
 /// `SELECT` of a snapshot (a user and its TOTP, in one statement so that the two agree),
@@ -18,7 +19,7 @@ macro_rules! select_snapshot {
             "SELECT u.user_id, u.resource_owner, u.username, u.email, u.email_verified, \
              u.profile, u.state, u.sequence, u.created_at, u.change_date, u.failed_attempts, \
              u.locked_until, u.version, t.state AS totp_state, t.key_id, t.secret_sealed, \
-             t.digits, t.period, t.last_used_step, t.created_at AS totp_created_at \
+             t.digits, t.period, t.algorithm, t.last_used_step, t.created_at AS totp_created_at \
              FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE ",
             $condition
         )
@@ -33,12 +34,12 @@ const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username,
 
 /// The columns of a TOTP row, in the order [`PutTotp`] binds them.
 pub(super) const TOTP_COLUMNS: &str =
-    "user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at";
+    "user_id, state, key_id, secret_sealed, digits, period, algorithm, last_used_step, created_at";
 
 /// What a put TOTP row changes when the user has one already.
 pub(super) const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET \
      state = excluded.state, key_id = excluded.key_id, secret_sealed = excluded.secret_sealed, \
-     digits = excluded.digits, period = excluded.period, \
+     digits = excluded.digits, period = excluded.period, algorithm = excluded.algorithm, \
      last_used_step = excluded.last_used_step, created_at = excluded.created_at";
 
 /// The columns of an event row, in the order [`EventRow`] binds them.
@@ -94,6 +95,7 @@ pub(super) struct PutTotp {
     pub secret_sealed: Vec<u8>,
     pub digits: i64,
     pub period: i64,
+    pub algorithm: &'static str,
     pub last_used_step: Option<i64>,
     pub created_at: i64,
 }
@@ -143,8 +145,9 @@ impl PutTotp {
             state: totp.state.as_str(),
             key_id: totp.secret.key_id.clone(),
             secret_sealed: totp.secret.ciphertext.clone(),
-            digits: i64::from(totp.digits),
-            period: i64::from(totp.period),
+            digits: i64::from(totp.parameters.digits),
+            period: i64::from(totp.parameters.period),
+            algorithm: totp.parameters.algorithm.as_str(),
             last_used_step: totp.last_used_step,
             created_at: totp.created_at.0,
         }
@@ -200,7 +203,7 @@ pub(super) async fn write_totp(
         TotpRow::Put(put) => {
             let sql = format!(
                 "INSERT INTO totp ({TOTP_COLUMNS}) VALUES {} {TOTP_ON_CONFLICT}",
-                placeholders(1, 8)
+                placeholders(1, 9)
             );
             sqlx::query(&sql)
                 .bind(user_id.to_owned())
@@ -209,6 +212,7 @@ pub(super) async fn write_totp(
                 .bind(put.secret_sealed.clone())
                 .bind(put.digits)
                 .bind(put.period)
+                .bind(put.algorithm)
                 .bind(put.last_used_step)
                 .bind(put.created_at)
                 .execute(&mut *conn)
@@ -351,8 +355,12 @@ where
                 key_id: row.try_get("key_id")?,
                 ciphertext: row.try_get("secret_sealed")?,
             },
-            digits: row.try_get::<i64, _>("digits")? as u32,
-            period: row.try_get::<i64, _>("period")? as u32,
+            parameters: Parameters {
+                algorithm: Algorithm::parse(&row.try_get::<String, _>("algorithm")?)
+                    .ok_or_else(|| bad("TOTP algorithm"))?,
+                digits: row.try_get::<i64, _>("digits")? as u32,
+                period: row.try_get::<i64, _>("period")? as u32,
+            },
             last_used_step: row.try_get("last_used_step")?,
             created_at: Timestamp(row.try_get("totp_created_at")?),
         }),

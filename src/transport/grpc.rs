@@ -159,4 +159,11 @@ impl TotpService for Api {
     ) -> Result<Response<totp_pb::CheckTotpResponse>, Status> {
         unary!(self, request, rpcs::CHECK_TOTP, messages::check_totp)
     }
+
+    async fn import_totp(
+        &self,
+        request: Request<totp_pb::ImportTotpRequest>,
+    ) -> Result<Response<totp_pb::ImportTotpResponse>, Status> {
+        unary!(self, request, rpcs::IMPORT_TOTP, messages::import_totp)
+    }
 }

@@ -8,7 +8,7 @@ use crate::domain::Service;
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
 use crate::domain::service::NewHuman;
-use crate::domain::totp::Secret;
+use crate::domain::totp::{self, Algorithm, Parameters, Secret};
 use crate::domain::types::{
     Caller, Details, Gender, Profile, TotpCode, UserId, check_length, check_no_control, check_text,
 };
@@ -90,6 +90,59 @@ pub async fn check_totp(
     let code = TotpCode::parse(&request.code, "CheckTOTPRequest")?;
     let result = service.check_totp(caller, &user_id, &code).await?;
     Ok(totp_pb::CheckTotpResponse {
+        details: details(result),
+    })
+}
+
+pub async fn import_totp(
+    service: &Service,
+    caller: &Caller,
+    request: totp_pb::ImportTotpRequest,
+) -> Result<totp_pb::ImportTotpResponse, Error> {
+    const REQUEST: &str = "ImportTOTPRequest";
+    let user_id = user_id(&request.user_id, REQUEST)?;
+    // Either may be empty (the other names the credential); a URI carries a label and an issuer
+    // beside the secret, so it may be longer than other fields.
+    for (value, field, longest) in [
+        (&request.uri, "Uri", 2048),
+        (&request.secret, "Secret", 200),
+    ] {
+        if value.chars().count() > longest {
+            return Err(Error::Validation(format!(
+                "invalid {REQUEST}.{field}: value length must be at most {longest} runes"
+            )));
+        }
+    }
+    let given_parameters = request.algorithm != 0 || request.digits != 0 || request.period != 0;
+    let imported = match (request.uri.is_empty(), request.secret.is_empty()) {
+        (false, true) if !given_parameters => totp::parse_otpauth_uri(&request.uri),
+        (true, false) => {
+            let algorithm = match totp_pb::TotpAlgorithm::try_from(request.algorithm) {
+                Ok(totp_pb::TotpAlgorithm::Unspecified | totp_pb::TotpAlgorithm::Sha1) => {
+                    Algorithm::Sha1
+                }
+                Ok(totp_pb::TotpAlgorithm::Sha256) => Algorithm::Sha256,
+                Ok(totp_pb::TotpAlgorithm::Sha512) => Algorithm::Sha512,
+                Err(_) => return Err(error::IMPORT_ALGORITHM.into()),
+            };
+            let secret =
+                Secret::from_base32(&request.secret).ok_or(Error::from(error::IMPORT_SECRET))?;
+            let or = |given: u32, usual: u32| if given == 0 { usual } else { given };
+            totp::import(
+                secret,
+                Parameters {
+                    algorithm,
+                    digits: or(request.digits, totp::DIGITS),
+                    period: or(request.period, totp::PERIOD),
+                },
+            )
+        }
+        _ => return Err(error::IMPORT_SOURCE.into()),
+    }?;
+    let result = service
+        .import_totp(caller, &user_id, imported, request.pending)
+        .await?;
+    Ok(totp_pb::ImportTotpResponse {
         details: details(result),
     })
 }
@@ -298,6 +351,7 @@ mod tests {
         decodes_without_panic::<user_pb::LockUserRequest>(bytes);
         decodes_without_panic::<user_pb::ListAuthenticationMethodTypesRequest>(bytes);
         decodes_without_panic::<totp_pb::CheckTotpRequest>(bytes);
+        decodes_without_panic::<totp_pb::ImportTotpRequest>(bytes);
     }
 
     /// JSON-shaped text built from the request's own keys, so the decoder goes past the first byte.
@@ -317,6 +371,12 @@ mod tests {
             "sendCode",
             "totpSecret",
             "username",
+            "uri",
+            "secret",
+            "algorithm",
+            "digits",
+            "period",
+            "pending",
         ]);
         let value = prop_oneof![
             any::<i64>().prop_map(|n| n.to_string()),
@@ -349,10 +409,23 @@ mod tests {
         #[test]
         fn arbitrary_codes_and_times_never_panic_the_check(code in "\\PC{0,12}", seconds in any::<i64>()) {
             let secret = totp::Secret::from_bytes(vec![7; 20]);
-            let _ = totp::match_code(&secret, &code, seconds, totp::DIGITS, totp::PERIOD, None);
+            let _ = totp::match_code(&secret, &code, seconds, totp::Parameters::ISSUED, None);
             let _ = TotpCode::parse(&code, "CheckTOTPRequest");
             let _ = UserId::parse(&code, "CheckTOTPRequest");
             let _ = totp::Secret::from_base32(&code);
+        }
+
+        #[test]
+        fn arbitrary_uris_never_panic_the_import(
+            query in "\\PC{0,40}",
+            digits in any::<u32>(),
+            period in any::<u32>(),
+        ) {
+            let _ = totp::parse_otpauth_uri(&query);
+            let _ = totp::parse_otpauth_uri(&format!("otpauth://totp/a:b?{query}"));
+            let _ = totp::parse_otpauth_uri(&format!(
+                "otpauth://totp/a?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits={digits}&period={period}"
+            ));
         }
     }
 }

@@ -124,6 +124,15 @@ pub fn document() -> Value {
                 "DetailsResponse": object(json!({ "details": reference("Details") }), &["details"]),
                 "UserIdRequest": object(json!({ "userId": string() }), &[]),
                 "CodeRequest": object(json!({ "userId": string(), "code": string() }), &["code"]),
+                "ImportTOTPRequest": object(json!({
+                    "userId": string(),
+                    "uri": { "type": "string", "description": "otpauth://totp/ URI; or give secret and the parameters" },
+                    "secret": { "type": "string", "description": "base32, at least 16 bytes" },
+                    "algorithm": { "type": "string", "enum": ["TOTP_ALGORITHM_UNSPECIFIED", "TOTP_ALGORITHM_SHA1", "TOTP_ALGORITHM_SHA256", "TOTP_ALGORITHM_SHA512"] },
+                    "digits": { "type": "integer", "enum": [0, 6, 8], "description": "0 means 6" },
+                    "period": { "type": "integer", "minimum": 0, "maximum": 120, "description": "seconds, 15 to 120; 0 means 30" },
+                    "pending": { "type": "boolean", "description": "wait for a first code before the TOTP is ready" },
+                }), &[]),
                 "RegisterTOTPResponse": object(json!({
                     "details": reference("Details"),
                     "uri": string(),

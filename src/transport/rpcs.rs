@@ -223,6 +223,12 @@ rpcs! {
         totp_pb::CheckTotpRequest => messages::check_totp,
         body with_user Some("CodeRequest"), answers "DetailsResponse",
         errors [TOO_LARGE];
+    IMPORT_TOTP: "ImportTOTP" "/totpservice.v1.TOTPService/ImportTOTP",
+        POST "/v2/users/{userId}/totp/import", "user.credential.write ✓",
+        "Import a TOTP credential with its algorithm, digits and period",
+        totp_pb::ImportTotpRequest => messages::import_totp,
+        body with_user Some("ImportTOTPRequest"), answers "DetailsResponse",
+        errors [("409", "TOTP already set up (code 6)"), TOO_LARGE];
 }
 
 /// The router of the RPCs' REST paths. A path with `{userId}` is also served with the id empty

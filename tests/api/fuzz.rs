@@ -15,7 +15,7 @@ const CASES: usize = 400;
 
 const METHODS: [&str; 7] = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"];
 
-const RPCS: [&str; 14] = [
+const RPCS: [&str; 15] = [
     "zitadel.user.v2.UserService/AddHumanUser",
     "zitadel.user.v2.UserService/GetUserByID",
     "zitadel.user.v2.UserService/DeleteUser",
@@ -26,6 +26,7 @@ const RPCS: [&str; 14] = [
     "zitadel.user.v2.UserService/VerifyTOTPRegistration",
     "zitadel.user.v2.UserService/RemoveTOTP",
     "totpservice.v1.TOTPService/CheckTOTP",
+    "totpservice.v1.TOTPService/ImportTOTP",
     "grpc.health.v1.Health/Check",
     "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "zitadel.user.v2.UserService/NoSuchMethod",

@@ -55,6 +55,10 @@ macro_rules! every_protocol_and_backend {
 
 every_protocol_and_backend!([
     register_returns_an_otpauth_uri_and_a_32_character_secret,
+    an_imported_uri_is_ready_at_once_and_checked_with_its_parameters,
+    an_import_by_parts_takes_the_usual_defaults_and_may_wait_for_a_first_code,
+    import_replaces_a_pending_totp_and_is_refused_over_a_ready_one,
+    import_refuses_each_bad_parameter_by_name_and_appends_nothing,
     registering_again_before_verifying_replaces_the_secret,
     registering_after_verifying_is_refused,
     verify_accepts_the_previous_current_and_next_step,

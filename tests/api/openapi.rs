@@ -136,6 +136,10 @@ pub async fn openapi_document_matches_live_responses(backend: Backend, protocol:
                         Some(format!(r#"{{"code":"{}"}}"#, h.code(&secret, 1))),
                     )
                 }
+                "ImportTOTP" => (
+                    h.new_user().await.id,
+                    Some(r#"{"secret":"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ","digits":8}"#.into()),
+                ),
                 "RemoveTOTP" => (h.user_with_pending_totp().await.0.id, None),
                 "UnlockUser" => {
                     let user = h.new_user().await;
@@ -236,6 +240,7 @@ pub async fn openapi_document_matches_live_responses(backend: Backend, protocol:
             "CheckTOTP",
             "DeleteUser",
             "GetUserByID",
+            "ImportTOTP",
             "ListAuthenticationMethodTypes",
             "LockUser",
             "RegisterTOTP",

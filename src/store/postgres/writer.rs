@@ -467,14 +467,15 @@ const WRITE_BATCH: &str = "WITH input AS ( \
          $13::text[], $14::bigint[], $24::text[]) \
          AS v(user_id, sequence, event_type, payload, resource_owner, creator, created_at, command_id) \
        WHERE v.user_id IN (SELECT user_id FROM u)), \
-     p AS (INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) \
+     p AS (INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at, \
+         algorithm) \
        SELECT v.* FROM UNNEST($15::text[], $16::text[], $17::text[], $18::bytea[], $19::bigint[], \
-         $20::bigint[], $21::bigint[], $22::bigint[]) \
-         AS v(user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) \
+         $20::bigint[], $21::bigint[], $22::bigint[], $25::text[]) \
+         AS v(user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at, algorithm) \
        WHERE v.user_id IN (SELECT user_id FROM u) \
        ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, key_id = excluded.key_id, \
          secret_sealed = excluded.secret_sealed, digits = excluded.digits, period = excluded.period, \
-         last_used_step = excluded.last_used_step, created_at = excluded.created_at), \
+         algorithm = excluded.algorithm, last_used_step = excluded.last_used_step, created_at = excluded.created_at), \
      d AS (DELETE FROM totp WHERE user_id = ANY($23::text[]) AND user_id IN (SELECT user_id FROM u)) \
      SELECT user_id FROM u";
 
@@ -529,6 +530,7 @@ async fn write_batch(
         .bind(column(&puts, |(_, p)| p.created_at))
         .bind(deletes)
         .bind(column(&events, |(w, _)| w.rows.command_id.as_str()))
+        .bind(column(&puts, |(_, p)| p.algorithm))
         .fetch_all(connection)
         .await;
     match written {

@@ -1,14 +1,16 @@
-//! The cases of the core and abuse-resistance issues, by subject. Each takes a backend and a
+//! The cases of the core, abuse-resistance and reach issues, by subject. Each takes a backend and a
 //! protocol and asserts what SPEC.md says: codes, ids, English messages, fields.
 
 mod auth;
 mod errors;
+mod import;
 mod life_cycle;
 mod operations;
 mod protocols;
 
 pub use auth::*;
 pub use errors::*;
+pub use import::*;
 pub use life_cycle::*;
 pub use operations::*;
 pub use protocols::*;

@@ -85,6 +85,8 @@ rpcs! {
         "zitadel.user.v2.UserService/RemoveTOTP", DELETE user "/totp", false;
     totp_pb::CheckTotpRequest => totp_pb::CheckTotpResponse,
         "totpservice.v1.TOTPService/CheckTOTP", POST user "/totp/check", true;
+    totp_pb::ImportTotpRequest => totp_pb::ImportTotpResponse,
+        "totpservice.v1.TOTPService/ImportTOTP", POST user "/totp/import", true;
 }
 
 /// `/v2/users/<id><suffix>`, with the id percent-encoded.
