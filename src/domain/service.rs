@@ -58,10 +58,12 @@ pub struct UserView {
     pub details: Details,
 }
 
-/// A user's authentication methods, as ListAuthenticationMethodTypes shows them.
+/// A user's authentication methods, as ListAuthenticationMethodTypes and
+/// ListAuthenticationFactors show them.
 #[derive(Clone, Debug)]
 pub struct AuthMethods {
-    pub totp_ready: bool,
+    /// The state of the user's TOTP, if it has one.
+    pub totp: Option<TotpState>,
     pub processed_sequence: u64,
     pub timestamp: Timestamp,
 }
@@ -380,7 +382,7 @@ impl Service {
         })
     }
 
-    /// ListAuthenticationMethodTypes.
+    /// ListAuthenticationMethodTypes and ListAuthenticationFactors.
     pub async fn list_authentication_methods(
         &self,
         caller: &Caller,
@@ -390,7 +392,7 @@ impl Service {
             .read_user(caller, user_id, Access::self_or(Permission::UserRead))
             .await?;
         Ok(AuthMethods {
-            totp_ready: snapshot.totp.is_some_and(|t| t.state == TotpState::Ready),
+            totp: snapshot.totp.map(|t| t.state),
             processed_sequence: snapshot.user.sequence,
             timestamp: snapshot.user.change_date,
         })

@@ -124,6 +124,18 @@ impl UserService for Api {
         )
     }
 
+    async fn list_authentication_factors(
+        &self,
+        request: Request<user_pb::ListAuthenticationFactorsRequest>,
+    ) -> Result<Response<user_pb::ListAuthenticationFactorsResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::LIST_AUTHENTICATION_FACTORS,
+            messages::list_authentication_factors
+        )
+    }
+
     async fn register_totp(
         &self,
         request: Request<user_pb::RegisterTotpRequest>,

@@ -10,7 +10,8 @@ use crate::domain::error::{self, Error};
 use crate::domain::service::NewHuman;
 use crate::domain::totp::{self, Algorithm, Parameters, Secret};
 use crate::domain::types::{
-    Caller, Details, Gender, Profile, TotpCode, UserId, check_length, check_no_control, check_text,
+    Caller, Details, Gender, Profile, TotpCode, TotpState, UserId, check_length, check_no_control,
+    check_text,
 };
 use crate::proto::totpservice::v1 as totp_pb;
 use crate::proto::zitadel::object::v2 as object_pb;
@@ -312,7 +313,7 @@ pub async fn list_authentication_method_types(
         .list_authentication_methods(caller, &user_id)
         .await?;
     let mut types = Vec::new();
-    if methods.totp_ready {
+    if methods.totp == Some(TotpState::Ready) {
         types.push(user_pb::AuthenticationMethodType::Totp as i32);
     }
     Ok(user_pb::ListAuthenticationMethodTypesResponse {
@@ -323,6 +324,42 @@ pub async fn list_authentication_method_types(
         }),
         auth_method_types: types,
     })
+}
+
+/// ListAuthenticationFactors: the user's second factors (here at most its TOTP, as `otp`) of the
+/// kinds and in the states asked for; as ZITADEL, every kind and only ready factors when the
+/// request names none.
+pub async fn list_authentication_factors(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::ListAuthenticationFactorsRequest,
+) -> Result<user_pb::ListAuthenticationFactorsResponse, Error> {
+    let user_id = user_id(&request.user_id, "ListAuthenticationFactorsRequest")?;
+    let methods = service
+        .list_authentication_methods(caller, &user_id)
+        .await?;
+    let wants_otp = request.auth_factors.is_empty()
+        || request
+            .auth_factors
+            .contains(&(user_pb::AuthFactors::Otp as i32));
+    let states = if request.states.is_empty() {
+        vec![user_pb::AuthFactorState::Ready as i32]
+    } else {
+        request.states
+    };
+    let otp = methods.totp.map(|state| match state {
+        TotpState::Pending => user_pb::AuthFactorState::NotReady,
+        TotpState::Ready => user_pb::AuthFactorState::Ready,
+    });
+    let result = otp
+        .filter(|state| wants_otp && states.contains(&(*state as i32)))
+        .map(|state| user_pb::AuthFactor {
+            state: state as i32,
+            r#type: Some(user_pb::auth_factor::Type::Otp(user_pb::AuthFactorOtp {})),
+        })
+        .into_iter()
+        .collect();
+    Ok(user_pb::ListAuthenticationFactorsResponse { result })
 }
 
 #[cfg(test)]
@@ -350,6 +387,7 @@ mod tests {
         decodes_without_panic::<user_pb::DeleteUserRequest>(bytes);
         decodes_without_panic::<user_pb::LockUserRequest>(bytes);
         decodes_without_panic::<user_pb::ListAuthenticationMethodTypesRequest>(bytes);
+        decodes_without_panic::<user_pb::ListAuthenticationFactorsRequest>(bytes);
         decodes_without_panic::<totp_pb::CheckTotpRequest>(bytes);
         decodes_without_panic::<totp_pb::ImportTotpRequest>(bytes);
     }

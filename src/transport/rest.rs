@@ -138,6 +138,48 @@ where
     }
 }
 
+/// A request message read from the query string, as grpc-gateway reads the filters of ZITADEL's
+/// `…/_search` routes that take no body: each key is a field (`authFactors` or `auth_factors`),
+/// repeated for each value (`?states=AUTH_FACTOR_STATE_READY&states=…`). Every field read this way
+/// is a repeated one, so each key's values become a list.
+pub(super) struct QueryFilters<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryFilters<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = RestError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, RestError> {
+        let Some(query) = parts.uri.query() else {
+            return Ok(QueryFilters(T::default()));
+        };
+        let mut fields = serde_json::Map::new();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let values = fields
+                .entry(key.into_owned())
+                .or_insert_with(|| serde_json::Value::Array(vec![]));
+            // An enum may be named or numbered (`states=2`), as grpc-gateway reads it.
+            let value = match value.parse::<i64>() {
+                Ok(number) => serde_json::Value::from(number),
+                Err(_) => serde_json::Value::String(value.into_owned()),
+            };
+            if let serde_json::Value::Array(values) = values {
+                values.push(value);
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(fields))
+            .map(QueryFilters)
+            .map_err(|_| {
+                Error::Validation("invalid query parameters for this request".to_owned()).into()
+            })
+    }
+}
+
 /// The caller of a request's `Authorization` header.
 pub(super) async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, RestError> {
     let header = headers

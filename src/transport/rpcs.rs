@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::connect::{Codec, unary};
-use super::rest::{FixedUserId, JsonBody, PathUserId, RestError, caller, respond};
+use super::rest::{FixedUserId, JsonBody, PathUserId, QueryFilters, RestError, caller, respond};
 use super::{Api, messages};
 use crate::domain::Error;
 use crate::domain::types::Caller;
@@ -38,6 +38,9 @@ pub struct Rpc {
     pub summary: &'static str,
     /// The OpenAPI schemas of the REST body (none: no body) and of the answer.
     pub body_schema: Option<&'static str>,
+    /// REST reads the request from the query string (its schema's properties are the
+    /// parameters), not from a body.
+    pub rest_query: bool,
     pub response_schema: &'static str,
     /// Error statuses beyond those every RPC may answer, with their meaning.
     pub extra_statuses: &'static [(&'static str, &'static str)],
@@ -62,6 +65,7 @@ macro_rules! rpcs {
                 permission: $permission,
                 summary: $summary,
                 body_schema: $body_schema,
+                rest_query: rpcs!(@in_query $body),
                 response_schema: $response_schema,
                 extra_statuses: &[$($extra),*],
             };
@@ -140,6 +144,28 @@ macro_rules! rpcs {
         }
         handler
     }};
+    (@in_query query) => { true };
+    (@in_query $other:tt) => { false };
+    // A handler whose request is read from the query string, the path's user id set in it.
+    (@handler $id:ident, $request:ty, $run:path, query) => {{
+        async fn handler(
+            State(api): State<Api>,
+            user_id: Result<PathUserId, RestError>,
+            headers: HeaderMap,
+            filters: Result<QueryFilters<$request>, RestError>,
+        ) -> Result<Response, RestError> {
+            let started = Instant::now();
+            let result = async {
+                let caller = caller(&api, &headers).await?;
+                let QueryFilters(mut request) = filters?;
+                request.user_id = user_id?.0;
+                Ok($run(&api.service, &caller, request).await?)
+            }
+            .await;
+            respond($id.name, started, result)
+        }
+        handler
+    }};
     // A handler whose request is the JSON body as it is (no user in the path).
     (@handler $id:ident, $request:ty, $run:path, whole) => {{
         async fn handler(
@@ -197,6 +223,14 @@ rpcs! {
         "The user's ready authentication methods",
         user_pb::ListAuthenticationMethodTypesRequest => messages::list_authentication_method_types,
         body none None, answers "ListAuthenticationMethodTypesResponse",
+        errors [];
+    LIST_AUTHENTICATION_FACTORS: "ListAuthenticationFactors"
+        "/zitadel.user.v2.UserService/ListAuthenticationFactors",
+        POST "/v2/users/{userId}/authentication_factors/_search", "user.read ✓",
+        "The user's second factors (its TOTP as otp), filtered by kind and state (default: ready)",
+        user_pb::ListAuthenticationFactorsRequest => messages::list_authentication_factors,
+        body query Some("ListAuthenticationFactorsFilters"),
+        answers "ListAuthenticationFactorsResponse",
         errors [];
     REGISTER_TOTP: "RegisterTOTP" "/zitadel.user.v2.UserService/RegisterTOTP",
         POST "/v2/users/{userId}/totp", "user.credential.write ✓",

@@ -15,13 +15,14 @@ const CASES: usize = 400;
 
 const METHODS: [&str; 7] = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"];
 
-const RPCS: [&str; 15] = [
+const RPCS: [&str; 16] = [
     "zitadel.user.v2.UserService/AddHumanUser",
     "zitadel.user.v2.UserService/GetUserByID",
     "zitadel.user.v2.UserService/DeleteUser",
     "zitadel.user.v2.UserService/LockUser",
     "zitadel.user.v2.UserService/UnlockUser",
     "zitadel.user.v2.UserService/ListAuthenticationMethodTypes",
+    "zitadel.user.v2.UserService/ListAuthenticationFactors",
     "zitadel.user.v2.UserService/RegisterTOTP",
     "zitadel.user.v2.UserService/VerifyTOTPRegistration",
     "zitadel.user.v2.UserService/RemoveTOTP",

@@ -59,6 +59,8 @@ every_protocol_and_backend!([
     an_import_by_parts_takes_the_usual_defaults_and_may_wait_for_a_first_code,
     import_replaces_a_pending_totp_and_is_refused_over_a_ready_one,
     import_refuses_each_bad_parameter_by_name_and_appends_nothing,
+    authentication_factors_show_the_totp_as_otp_in_its_state,
+    authentication_factors_need_the_user_and_the_permission_to_read_it,
     registering_again_before_verifying_replaces_the_secret,
     registering_after_verifying_is_refused,
     verify_accepts_the_previous_current_and_next_step,
@@ -117,6 +119,7 @@ matrix!(
     [
         rest_accepts_snake_case_and_camel_case_keys,
         rest_path_user_id_wins_over_body,
+        authentication_factor_filters_in_the_query_string_are_read_or_refused,
         rest_refuses_malformed_json_and_wrong_content_types,
         rest_answers_unknown_paths_and_wrong_methods_with_the_error_body,
         rest_refuses_oversized_bodies,

@@ -241,6 +241,7 @@ pub async fn openapi_document_matches_live_responses(backend: Backend, protocol:
             "DeleteUser",
             "GetUserByID",
             "ImportTOTP",
+            "ListAuthenticationFactors",
             "ListAuthenticationMethodTypes",
             "LockUser",
             "RegisterTOTP",

@@ -3,6 +3,7 @@
 
 mod auth;
 mod errors;
+mod factors;
 mod import;
 mod life_cycle;
 mod operations;
@@ -10,6 +11,7 @@ mod protocols;
 
 pub use auth::*;
 pub use errors::*;
+pub use factors::*;
 pub use import::*;
 pub use life_cycle::*;
 pub use operations::*;

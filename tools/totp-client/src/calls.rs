@@ -89,6 +89,31 @@ rpcs! {
         "totpservice.v1.TOTPService/ImportTOTP", POST user "/totp/import", true;
 }
 
+/// ListAuthenticationFactors takes its filters in REST's query string, a parameter per value.
+impl Rpc for user_pb::ListAuthenticationFactorsRequest {
+    type Response = user_pb::ListAuthenticationFactorsResponse;
+    const METHOD: &'static str = "zitadel.user.v2.UserService/ListAuthenticationFactors";
+    const REST_METHOD: http::Method = http::Method::POST;
+    const REST_BODY: bool = false;
+    fn rest_path(&self) -> String {
+        let kinds = self.auth_factors.iter().map(|&kind| {
+            let name = user_pb::AuthFactors::try_from(kind).map_or("?", |k| k.as_str_name());
+            format!("authFactors={name}")
+        });
+        let states = self.states.iter().map(|&state| {
+            let name = user_pb::AuthFactorState::try_from(state).map_or("?", |s| s.as_str_name());
+            format!("states={name}")
+        });
+        let query: Vec<String> = kinds.chain(states).collect();
+        let path = user_path(&self.user_id, "/authentication_factors/_search");
+        if query.is_empty() {
+            path
+        } else {
+            format!("{path}?{}", query.join("&"))
+        }
+    }
+}
+
 /// `/v2/users/<id><suffix>`, with the id percent-encoded.
 pub fn user_path(user_id: &str, suffix: &str) -> String {
     let mut encoded = String::new();
