@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "google/rpc/status.proto",
         "zitadel/object/v2/object.proto",
         "zitadel/user/v2/user_service.proto",
+        "zitadel/object/v2beta/object.proto",
+        "zitadel/user/v2beta/user_service.proto",
         "totpservice/v1/totp_service.proto",
     ]
     .map(|file| PathBuf::from("proto").join(file));

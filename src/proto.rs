@@ -51,11 +51,19 @@ pub mod zitadel {
             include!(concat!(env!("OUT_DIR"), "/zitadel.object.v2.rs"));
             include!(concat!(env!("OUT_DIR"), "/zitadel.object.v2.serde.rs"));
         }
+        pub mod v2beta {
+            include!(concat!(env!("OUT_DIR"), "/zitadel.object.v2beta.rs"));
+            include!(concat!(env!("OUT_DIR"), "/zitadel.object.v2beta.serde.rs"));
+        }
     }
     pub mod user {
         pub mod v2 {
             include!(concat!(env!("OUT_DIR"), "/zitadel.user.v2.rs"));
             include!(concat!(env!("OUT_DIR"), "/zitadel.user.v2.serde.rs"));
+        }
+        pub mod v2beta {
+            include!(concat!(env!("OUT_DIR"), "/zitadel.user.v2beta.rs"));
+            include!(concat!(env!("OUT_DIR"), "/zitadel.user.v2beta.serde.rs"));
         }
     }
 }

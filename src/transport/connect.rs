@@ -40,8 +40,9 @@ pub(super) fn is_connect(parts: &http::request::Parts) -> bool {
 }
 
 /// The path prefixes of the gRPC services, where Connect calls arrive.
-const SERVICE_PATHS: [&str; 2] = [
+const SERVICE_PATHS: [&str; 3] = [
     "/zitadel.user.v2.UserService/",
+    "/zitadel.user.v2beta.UserService/",
     "/totpservice.v1.TOTPService/",
 ];
 

@@ -9,12 +9,15 @@ use std::time::Instant;
 use super::Api;
 use super::observe::{self, Protocol};
 use super::status::{ERROR_DETAIL_TYPE_URL, error_detail};
-use super::{messages, rpcs};
+use super::{messages, rpcs, v2beta};
 use crate::domain::Error;
 use crate::domain::types::Caller;
 use crate::proto::google::rpc::Status as RpcStatus;
 use crate::proto::totpservice::v1::{self as totp_pb, totp_service_server::TotpService};
 use crate::proto::zitadel::user::v2::{self as user_pb, user_service_server::UserService};
+use crate::proto::zitadel::user::v2beta::{
+    self as beta, user_service_server::UserService as BetaUserService,
+};
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -177,5 +180,97 @@ impl TotpService for Api {
         request: Request<totp_pb::ImportTotpRequest>,
     ) -> Result<Response<totp_pb::ImportTotpResponse>, Status> {
         unary!(self, request, rpcs::IMPORT_TOTP, messages::import_totp)
+    }
+}
+
+/// v2beta: the same RPCs, answered by the v2 handlers through [`v2beta`].
+#[tonic::async_trait]
+impl BetaUserService for Api {
+    async fn add_human_user(
+        &self,
+        request: Request<beta::AddHumanUserRequest>,
+    ) -> Result<Response<beta::AddHumanUserResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_ADD_HUMAN_USER,
+            v2beta::add_human_user
+        )
+    }
+
+    async fn get_user_by_id(
+        &self,
+        request: Request<beta::GetUserByIdRequest>,
+    ) -> Result<Response<beta::GetUserByIdResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_GET_USER_BY_ID,
+            v2beta::get_user_by_id
+        )
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<beta::DeleteUserRequest>,
+    ) -> Result<Response<beta::DeleteUserResponse>, Status> {
+        unary!(self, request, rpcs::BETA_DELETE_USER, v2beta::delete_user)
+    }
+
+    async fn lock_user(
+        &self,
+        request: Request<beta::LockUserRequest>,
+    ) -> Result<Response<beta::LockUserResponse>, Status> {
+        unary!(self, request, rpcs::BETA_LOCK_USER, v2beta::lock_user)
+    }
+
+    async fn unlock_user(
+        &self,
+        request: Request<beta::UnlockUserRequest>,
+    ) -> Result<Response<beta::UnlockUserResponse>, Status> {
+        unary!(self, request, rpcs::BETA_UNLOCK_USER, v2beta::unlock_user)
+    }
+
+    async fn list_authentication_method_types(
+        &self,
+        request: Request<beta::ListAuthenticationMethodTypesRequest>,
+    ) -> Result<Response<beta::ListAuthenticationMethodTypesResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_LIST_AUTHENTICATION_METHOD_TYPES,
+            v2beta::list_authentication_method_types
+        )
+    }
+
+    async fn register_totp(
+        &self,
+        request: Request<beta::RegisterTotpRequest>,
+    ) -> Result<Response<beta::RegisterTotpResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_REGISTER_TOTP,
+            v2beta::register_totp
+        )
+    }
+
+    async fn verify_totp_registration(
+        &self,
+        request: Request<beta::VerifyTotpRegistrationRequest>,
+    ) -> Result<Response<beta::VerifyTotpRegistrationResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_VERIFY_TOTP_REGISTRATION,
+            v2beta::verify_totp_registration
+        )
+    }
+
+    async fn remove_totp(
+        &self,
+        request: Request<beta::RemoveTotpRequest>,
+    ) -> Result<Response<beta::RemoveTotpResponse>, Status> {
+        unary!(self, request, rpcs::BETA_REMOVE_TOTP, v2beta::remove_totp)
     }
 }

@@ -390,6 +390,7 @@ mod tests {
         decodes_without_panic::<user_pb::ListAuthenticationFactorsRequest>(bytes);
         decodes_without_panic::<totp_pb::CheckTotpRequest>(bytes);
         decodes_without_panic::<totp_pb::ImportTotpRequest>(bytes);
+        decodes_without_panic::<crate::proto::zitadel::user::v2beta::AddHumanUserRequest>(bytes);
     }
 
     /// JSON-shaped text built from the request's own keys, so the decoder goes past the first byte.

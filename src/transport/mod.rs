@@ -15,6 +15,7 @@ pub mod rest;
 pub mod rpcs;
 pub mod status;
 pub mod ui;
+pub mod v2beta;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -271,6 +272,7 @@ async fn tag_protocol(
 pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router> {
     use proto::totpservice::v1::totp_service_server::TotpServiceServer;
     use proto::zitadel::user::v2::user_service_server::UserServiceServer;
+    use proto::zitadel::user::v2beta::user_service_server::UserServiceServer as BetaUserServiceServer;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -278,6 +280,9 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
         .await;
     health_reporter
         .set_serving::<TotpServiceServer<Api>>()
+        .await;
+    health_reporter
+        .set_serving::<BetaUserServiceServer<Api>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -288,10 +293,13 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
 
     let users = UserServiceServer::new(api.clone()).max_decoding_message_size(MAX_BODY_BYTES);
     let totp = TotpServiceServer::new(api.clone()).max_decoding_message_size(MAX_BODY_BYTES);
+    let users_beta =
+        BetaUserServiceServer::new(api.clone()).max_decoding_message_size(MAX_BODY_BYTES);
 
     let mut grpc = Router::new();
     grpc = add_grpc_web(grpc, users.clone());
     grpc = add_grpc_web(grpc, totp.clone());
+    grpc = add_grpc_web(grpc, users_beta.clone());
     grpc = add_grpc_web(grpc, health_service.clone());
     grpc = add_grpc_web(grpc, reflection.clone());
     let grpc = grpc
@@ -306,6 +314,7 @@ pub async fn router(api: Api, options: &RouterOptions) -> anyhow::Result<Router>
     let mut native_grpc = Router::new();
     native_grpc = add_grpc(native_grpc, users);
     native_grpc = add_grpc(native_grpc, totp);
+    native_grpc = add_grpc(native_grpc, users_beta);
     native_grpc = add_grpc(native_grpc, health_service);
     native_grpc = add_grpc(native_grpc, reflection);
     let native_grpc = native_grpc.layer(axum::middleware::map_response(

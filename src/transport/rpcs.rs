@@ -17,11 +17,12 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 
 use super::connect::{Codec, unary};
 use super::rest::{FixedUserId, JsonBody, PathUserId, QueryFilters, RestError, caller, respond};
-use super::{Api, messages};
+use super::{Api, messages, v2beta};
 use crate::domain::Error;
 use crate::domain::types::Caller;
 use crate::proto::totpservice::v1 as totp_pb;
 use crate::proto::zitadel::user::v2 as user_pb;
+use crate::proto::zitadel::user::v2beta as beta;
 
 /// One RPC as the table declares it.
 #[derive(Clone, Debug)]
@@ -263,18 +264,77 @@ rpcs! {
         totp_pb::ImportTotpRequest => messages::import_totp,
         body with_user Some("ImportTOTPRequest"), answers "DetailsResponse",
         errors [("409", "TOTP already set up (code 6)"), TOO_LARGE];
+    // zitadel.user.v2beta.UserService: the same RPCs under v2beta's package and paths, answered
+    // by the v2 handlers through `v2beta.rs`.
+    BETA_ADD_HUMAN_USER: "v2beta.AddHumanUser" "/zitadel.user.v2beta.UserService/AddHumanUser",
+        POST "/v2beta/users/human", "user.write",
+        "Add a human user (v2beta)",
+        beta::AddHumanUserRequest => v2beta::add_human_user,
+        body whole Some("AddHumanUserRequest"), answers "AddHumanUserResponse",
+        errors [("409", "User already exists (code 6)"), TOO_LARGE];
+    BETA_GET_USER_BY_ID: "v2beta.GetUserByID" "/zitadel.user.v2beta.UserService/GetUserByID",
+        GET "/v2beta/users/{userId}", "user.read ✓",
+        "Get a user (v2beta)",
+        beta::GetUserByIdRequest => v2beta::get_user_by_id,
+        body none None, answers "GetUserByIDResponse",
+        errors [];
+    BETA_DELETE_USER: "v2beta.DeleteUser" "/zitadel.user.v2beta.UserService/DeleteUser",
+        DELETE "/v2beta/users/{userId}", "user.write",
+        "Delete a user (v2beta)",
+        beta::DeleteUserRequest => v2beta::delete_user,
+        body none None, answers "DetailsResponse",
+        errors [];
+    BETA_LOCK_USER: "v2beta.LockUser" "/zitadel.user.v2beta.UserService/LockUser",
+        POST "/v2beta/users/{userId}/lock", "user.write",
+        "Lock a user until unlocked (v2beta)",
+        beta::LockUserRequest => v2beta::lock_user,
+        body with_user Some("UserIdRequest"), answers "DetailsResponse",
+        errors [];
+    BETA_UNLOCK_USER: "v2beta.UnlockUser" "/zitadel.user.v2beta.UserService/UnlockUser",
+        POST "/v2beta/users/{userId}/unlock", "user.write",
+        "Unlock a user (v2beta)",
+        beta::UnlockUserRequest => v2beta::unlock_user,
+        body with_user Some("UserIdRequest"), answers "DetailsResponse",
+        errors [];
+    BETA_LIST_AUTHENTICATION_METHOD_TYPES: "v2beta.ListAuthenticationMethodTypes"
+        "/zitadel.user.v2beta.UserService/ListAuthenticationMethodTypes",
+        GET "/v2beta/users/{userId}/authentication_methods", "user.read ✓",
+        "The user's ready authentication methods (v2beta)",
+        beta::ListAuthenticationMethodTypesRequest => v2beta::list_authentication_method_types,
+        body none None, answers "ListAuthenticationMethodTypesResponse",
+        errors [];
+    BETA_REGISTER_TOTP: "v2beta.RegisterTOTP" "/zitadel.user.v2beta.UserService/RegisterTOTP",
+        POST "/v2beta/users/{userId}/totp", "user.credential.write ✓",
+        "Start a TOTP registration (v2beta)",
+        beta::RegisterTotpRequest => v2beta::register_totp,
+        body with_user Some("UserIdRequest"), answers "RegisterTOTPResponse",
+        errors [("409", "TOTP already set up (code 6)")];
+    BETA_VERIFY_TOTP_REGISTRATION: "v2beta.VerifyTOTPRegistration"
+        "/zitadel.user.v2beta.UserService/VerifyTOTPRegistration",
+        POST "/v2beta/users/{userId}/totp/verify", "user.credential.write ✓",
+        "Verify the pending TOTP with its first code (v2beta)",
+        beta::VerifyTotpRegistrationRequest => v2beta::verify_totp_registration,
+        body with_user Some("CodeRequest"), answers "DetailsResponse",
+        errors [TOO_LARGE];
+    BETA_REMOVE_TOTP: "v2beta.RemoveTOTP" "/zitadel.user.v2beta.UserService/RemoveTOTP",
+        DELETE "/v2beta/users/{userId}/totp", "user.write ✓",
+        "Remove the TOTP (v2beta)",
+        beta::RemoveTotpRequest => v2beta::remove_totp,
+        body none None, answers "DetailsResponse",
+        errors [];
 }
 
-/// The router of the RPCs' REST paths. A path with `{userId}` is also served with the id empty
+/// The router of the RPCs' REST paths (v2 and v2beta alike). A path with `{userId}` is also served with the id empty
 /// (`/v2/users//totp`), so that an empty id is refused by validation (code 3) as on gRPC, not as
 /// an unknown path; and `GET`/`DELETE /v2/users/human` address the user whose id is `human`
 /// (only `POST` there is AddHumanUser).
 fn routes_of(by_path: BTreeMap<&'static str, MethodRouter<Api>>) -> Router<Api> {
     let mut router = Router::new();
-    let by_user = by_path.get(GET_USER_BY_ID.rest_path).cloned();
-    for (path, methods) in by_path {
-        let methods = match (path, &by_user) {
-            ("/v2/users/human", Some(by_user)) => {
+    let by_user = |rpc: &Rpc| by_path.get(rpc.rest_path).cloned();
+    let (by_user, by_user_beta) = (by_user(&GET_USER_BY_ID), by_user(&BETA_GET_USER_BY_ID));
+    for (path, methods) in by_path.clone() {
+        let methods = match (path, &by_user, &by_user_beta) {
+            ("/v2/users/human", Some(by_user), _) | ("/v2beta/users/human", _, Some(by_user)) => {
                 methods.merge(by_user.clone().layer(axum::Extension(FixedUserId("human"))))
             }
             _ => methods,

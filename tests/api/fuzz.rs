@@ -15,7 +15,7 @@ const CASES: usize = 400;
 
 const METHODS: [&str; 7] = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"];
 
-const RPCS: [&str; 16] = [
+const RPCS: [&str; 18] = [
     "zitadel.user.v2.UserService/AddHumanUser",
     "zitadel.user.v2.UserService/GetUserByID",
     "zitadel.user.v2.UserService/DeleteUser",
@@ -27,6 +27,8 @@ const RPCS: [&str; 16] = [
     "zitadel.user.v2.UserService/VerifyTOTPRegistration",
     "zitadel.user.v2.UserService/RemoveTOTP",
     "totpservice.v1.TOTPService/CheckTOTP",
+    "zitadel.user.v2beta.UserService/AddHumanUser",
+    "zitadel.user.v2beta.UserService/VerifyTOTPRegistration",
     "totpservice.v1.TOTPService/ImportTOTP",
     "grpc.health.v1.Health/Check",
     "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -61,6 +61,8 @@ every_protocol_and_backend!([
     import_refuses_each_bad_parameter_by_name_and_appends_nothing,
     authentication_factors_show_the_totp_as_otp_in_its_state,
     authentication_factors_need_the_user_and_the_permission_to_read_it,
+    the_v2beta_service_runs_a_whole_life_with_its_own_messages,
+    v2beta_refuses_as_v2_does,
     registering_again_before_verifying_replaces_the_secret,
     registering_after_verifying_is_refused,
     verify_accepts_the_previous_current_and_next_step,

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 
 use totp_service::proto::totpservice::v1 as totp_pb;
 use totp_service::proto::zitadel::user::v2 as user_pb;
+use totp_service::proto::zitadel::user::v2beta as beta;
 use totp_service::proto::zitadel::v1::ErrorDetail;
 
 use crate::{grpc_web, status};
@@ -47,9 +48,10 @@ pub trait Rpc: Message + Serialize + Send + Sync + 'static {
 }
 
 /// Declares the RPCs: `Request => Response, "<gRPC method>", VERB path body?;` where the path is
-/// either a literal or `user "<suffix>"` (`/v2/users/<the request's user id><suffix>`).
+/// a literal, `user "<suffix>"` (`/v2/users/<the request's user id><suffix>`) or `beta_user
+/// "<suffix>"` (the same under `/v2beta/`).
 macro_rules! rpcs {
-    ($($request:ty => $response:ty, $method:literal, $verb:ident $($path:literal)? $(user $suffix:literal)?, $body:literal;)*) => {$(
+    ($($request:ty => $response:ty, $method:literal, $verb:ident $($path:literal)? $(user $suffix:literal)? $(beta_user $beta_suffix:literal)?, $body:literal;)*) => {$(
         impl Rpc for $request {
             type Response = $response;
             const METHOD: &'static str = $method;
@@ -58,6 +60,7 @@ macro_rules! rpcs {
             fn rest_path(&self) -> String {
                 $(let _ = self; return $path.to_owned();)?
                 $(return user_path(&self.user_id, $suffix);)?
+                $(return user_path(&self.user_id, $beta_suffix).replacen("/v2/", "/v2beta/", 1);)?
             }
         }
     )*};
@@ -87,6 +90,26 @@ rpcs! {
         "totpservice.v1.TOTPService/CheckTOTP", POST user "/totp/check", true;
     totp_pb::ImportTotpRequest => totp_pb::ImportTotpResponse,
         "totpservice.v1.TOTPService/ImportTOTP", POST user "/totp/import", true;
+    beta::AddHumanUserRequest => beta::AddHumanUserResponse,
+        "zitadel.user.v2beta.UserService/AddHumanUser", POST "/v2beta/users/human", true;
+    beta::GetUserByIdRequest => beta::GetUserByIdResponse,
+        "zitadel.user.v2beta.UserService/GetUserByID", GET beta_user "", false;
+    beta::DeleteUserRequest => beta::DeleteUserResponse,
+        "zitadel.user.v2beta.UserService/DeleteUser", DELETE beta_user "", false;
+    beta::LockUserRequest => beta::LockUserResponse,
+        "zitadel.user.v2beta.UserService/LockUser", POST beta_user "/lock", true;
+    beta::UnlockUserRequest => beta::UnlockUserResponse,
+        "zitadel.user.v2beta.UserService/UnlockUser", POST beta_user "/unlock", true;
+    beta::ListAuthenticationMethodTypesRequest => beta::ListAuthenticationMethodTypesResponse,
+        "zitadel.user.v2beta.UserService/ListAuthenticationMethodTypes",
+        GET beta_user "/authentication_methods", false;
+    beta::RegisterTotpRequest => beta::RegisterTotpResponse,
+        "zitadel.user.v2beta.UserService/RegisterTOTP", POST beta_user "/totp", true;
+    beta::VerifyTotpRegistrationRequest => beta::VerifyTotpRegistrationResponse,
+        "zitadel.user.v2beta.UserService/VerifyTOTPRegistration",
+        POST beta_user "/totp/verify", true;
+    beta::RemoveTotpRequest => beta::RemoveTotpResponse,
+        "zitadel.user.v2beta.UserService/RemoveTOTP", DELETE beta_user "/totp", false;
 }
 
 /// ListAuthenticationFactors takes its filters in REST's query string, a parameter per value.
