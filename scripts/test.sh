@@ -42,11 +42,12 @@ fi
 
 cargo test --locked "$@"
 
-# The browser test (headless Chromium on the enrolment page), the container image test (podman)
-# and the HA tests (a Patroni cluster failing over under load) with the full run; a filtered run (`scripts/test.sh <filter>`) is about
-# the Rust tests only.
+# The browser test (headless Chromium on the enrolment page), ZITADEL's Node SDK (npm), the
+# container image test (podman) and the HA tests (a Patroni cluster failing over under load) with
+# the full run; a filtered run (`scripts/test.sh <filter>`) is about the Rust tests only.
 if [ "$#" = 0 ]; then
     tests/browser/run.sh
+    tests/sdk/run.sh
     scripts/image-test.sh
     scripts/ha-test.sh
 fi

@@ -243,6 +243,18 @@ impl BetaUserService for Api {
         )
     }
 
+    async fn list_authentication_factors(
+        &self,
+        request: Request<beta::ListAuthenticationFactorsRequest>,
+    ) -> Result<Response<beta::ListAuthenticationFactorsResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::BETA_LIST_AUTHENTICATION_FACTORS,
+            v2beta::list_authentication_factors
+        )
+    }
+
     async fn register_totp(
         &self,
         request: Request<beta::RegisterTotpRequest>,

@@ -303,6 +303,14 @@ rpcs! {
         beta::ListAuthenticationMethodTypesRequest => v2beta::list_authentication_method_types,
         body none None, answers "ListAuthenticationMethodTypesResponse",
         errors [];
+    BETA_LIST_AUTHENTICATION_FACTORS: "v2beta.ListAuthenticationFactors"
+        "/zitadel.user.v2beta.UserService/ListAuthenticationFactors",
+        POST "/v2beta/users/{userId}/authentication_factors/_search", "user.read ✓",
+        "The user's second factors, filtered by kind and state (v2beta)",
+        beta::ListAuthenticationFactorsRequest => v2beta::list_authentication_factors,
+        body query Some("ListAuthenticationFactorsFilters"),
+        answers "ListAuthenticationFactorsResponse",
+        errors [];
     BETA_REGISTER_TOTP: "v2beta.RegisterTOTP" "/zitadel.user.v2beta.UserService/RegisterTOTP",
         POST "/v2beta/users/{userId}/totp", "user.credential.write ✓",
         "Start a TOTP registration (v2beta)",

@@ -1,7 +1,8 @@
 //! `zitadel.user.v2beta.UserService`, answered by the v2 handlers of [`super::messages`]. v2beta's
 //! messages carry the same field numbers as v2's for every field this service reads or writes,
 //! so a v2beta message becomes its v2 twin by re-encoding it (and the answer goes back the same
-//! way); the one difference, AddHumanUserRequest's deprecated `organisation`, is mapped first.
+//! way); the one difference, AddHumanUserRequest's `organisation` of older releases, is mapped
+//! first.
 
 use prost::Message;
 
@@ -39,6 +40,7 @@ through_v2! {
     lock_user: LockUserRequest => LockUserResponse;
     unlock_user: UnlockUserRequest => UnlockUserResponse;
     list_authentication_method_types: ListAuthenticationMethodTypesRequest => ListAuthenticationMethodTypesResponse;
+    list_authentication_factors: ListAuthenticationFactorsRequest => ListAuthenticationFactorsResponse;
     register_totp: RegisterTotpRequest => RegisterTotpResponse;
     verify_totp_registration: VerifyTotpRegistrationRequest => VerifyTotpRegistrationResponse;
     remove_totp: RemoveTotpRequest => RemoveTotpResponse;

@@ -1,5 +1,6 @@
 //! `zitadel.user.v2beta.UserService`: the same life as v2 with v2beta's own messages, paths and
-//! package, and the same answers and errors.
+//! package, and the same answers and errors. (`@zitadel/node`'s own client runs it too, in
+//! `tests/sdk`.)
 
 use totp_service::proto::zitadel::object::v2beta as object_beta;
 use totp_service::proto::zitadel::user::v2beta as beta;
@@ -99,6 +100,23 @@ pub async fn the_v2beta_service_runs_a_whole_life_with_its_own_messages(
         [beta::AuthenticationMethodType::Totp as i32]
     );
     assert_eq!(methods.details.unwrap().total_result, 1);
+    let factors = h
+        .call(
+            &admin,
+            beta::ListAuthenticationFactorsRequest {
+                user_id: id(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        factors.result,
+        [beta::AuthFactor {
+            state: beta::AuthFactorState::Ready as i32,
+            r#type: Some(beta::auth_factor::Type::Otp(beta::AuthFactorOtp {})),
+        }]
+    );
 
     h.call(&admin, beta::LockUserRequest { user_id: id() })
         .await

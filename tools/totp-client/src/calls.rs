@@ -112,29 +112,42 @@ rpcs! {
         "zitadel.user.v2beta.UserService/RemoveTOTP", DELETE beta_user "/totp", false;
 }
 
-/// ListAuthenticationFactors takes its filters in REST's query string, a parameter per value.
-impl Rpc for user_pb::ListAuthenticationFactorsRequest {
-    type Response = user_pb::ListAuthenticationFactorsResponse;
-    const METHOD: &'static str = "zitadel.user.v2.UserService/ListAuthenticationFactors";
-    const REST_METHOD: http::Method = http::Method::POST;
-    const REST_BODY: bool = false;
-    fn rest_path(&self) -> String {
-        let kinds = self.auth_factors.iter().map(|&kind| {
-            let name = user_pb::AuthFactors::try_from(kind).map_or("?", |k| k.as_str_name());
-            format!("authFactors={name}")
-        });
-        let states = self.states.iter().map(|&state| {
-            let name = user_pb::AuthFactorState::try_from(state).map_or("?", |s| s.as_str_name());
-            format!("states={name}")
-        });
-        let query: Vec<String> = kinds.chain(states).collect();
-        let path = user_path(&self.user_id, "/authentication_factors/_search");
-        if query.is_empty() {
-            path
-        } else {
-            format!("{path}?{}", query.join("&"))
+/// ListAuthenticationFactors (v2 and v2beta) takes its filters in REST's query string, a
+/// parameter per value.
+macro_rules! list_factors {
+    ($($package:ident, $version:literal;)*) => {$(
+        impl Rpc for $package::ListAuthenticationFactorsRequest {
+            type Response = $package::ListAuthenticationFactorsResponse;
+            const METHOD: &'static str =
+                concat!("zitadel.user.", $version, ".UserService/ListAuthenticationFactors");
+            const REST_METHOD: http::Method = http::Method::POST;
+            const REST_BODY: bool = false;
+            fn rest_path(&self) -> String {
+                let kinds = self.auth_factors.iter().map(|&kind| {
+                    let name = $package::AuthFactors::try_from(kind).map_or("?", |k| k.as_str_name());
+                    format!("authFactors={name}")
+                });
+                let states = self.states.iter().map(|&state| {
+                    let name =
+                        $package::AuthFactorState::try_from(state).map_or("?", |s| s.as_str_name());
+                    format!("states={name}")
+                });
+                let query: Vec<String> = kinds.chain(states).collect();
+                let path = user_path(&self.user_id, "/authentication_factors/_search")
+                    .replacen("/v2/", concat!("/", $version, "/"), 1);
+                if query.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", query.join("&"))
+                }
+            }
         }
-    }
+    )*};
+}
+
+list_factors! {
+    user_pb, "v2";
+    beta, "v2beta";
 }
 
 /// `/v2/users/<id><suffix>`, with the id percent-encoded.
