@@ -4,7 +4,6 @@
 # free port, runs the test, stops the service.
 set -euo pipefail
 cd "$(dirname "$0")"
-root=$(cd ../.. && pwd)
 
 # npm ci again whenever package-lock.json changed since the last install.
 if ! cmp -s package-lock.json node_modules/.installed-from-lock; then
@@ -12,18 +11,6 @@ if ! cmp -s package-lock.json node_modules/.installed-from-lock; then
     cp package-lock.json node_modules/.installed-from-lock
 fi
 
-(cd "$root" && cargo build -q --locked --bin totp-service)
-bin="${CARGO_TARGET_DIR:-$root/target}/debug/totp-service"
-data=$(mktemp -d /tmp/totp-sdk.XXXXXX)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-env -u DATABASE_URL -u TOTP_JWKS -u TOTP_ENCRYPTION_KEYS TOTP_DATA_DIR="$data" \
-    TOTP_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$bin" serve > "$data/service.log" 2>&1 &
-service=$!
-trap 'kill $service 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 1 100); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-token=$(TOTP_DATA_DIR="$data" "$bin" token --sub admin \
-    --grant 'user.write@*' --grant 'user.read@*' --grant 'user.credential.write@*')
-node life.test.mjs "http://127.0.0.1:$port" "$token"
+. ../service.sh
+start_service
+node life.test.mjs "$base" "$token"

@@ -253,51 +253,29 @@ impl Client {
         request: R,
     ) -> Result<R::Response, CallError> {
         match self.protocol {
-            Protocol::Rest => {
-                let body = R::REST_BODY.then(|| json_of(&request));
-                let path = request.rest_path();
+            Protocol::Rest | Protocol::Connect => {
+                let rest = self.protocol == Protocol::Rest;
+                let (method, path, body, what) = if rest {
+                    let body = R::REST_BODY.then(|| json_of(&request));
+                    (R::REST_METHOD, request.rest_path(), body, "REST")
+                } else {
+                    let path = format!("/{}", R::METHOD);
+                    (http::Method::POST, path, Some(json_of(&request)), "Connect")
+                };
                 let answer = self
-                    .send(
-                        R::REST_METHOD,
-                        &path,
-                        authorization,
-                        "application/json",
-                        body,
-                    )
+                    .send(method, &path, authorization, "application/json", body)
                     .await?;
                 if answer.status == 200 {
-                    expect_content_type(&answer.headers, "application/json", "REST success")?;
-                    parse_json(&answer.body, "REST body")
-                } else {
-                    Err(CallError::Refused(rest_refusal(
-                        answer.status,
-                        &answer.headers,
-                        &answer.body,
-                    )?))
+                    let what = format!("{what} success");
+                    expect_content_type(&answer.headers, "application/json", &what)?;
+                    return parse_json(&answer.body, &what);
                 }
-            }
-            Protocol::Connect => {
-                let path = format!("/{}", R::METHOD);
-                let body = Some(json_of(&request));
-                let answer = self
-                    .send(
-                        http::Method::POST,
-                        &path,
-                        authorization,
-                        "application/json",
-                        body,
-                    )
-                    .await?;
-                if answer.status == 200 {
-                    expect_content_type(&answer.headers, "application/json", "Connect success")?;
-                    parse_json(&answer.body, "Connect body")
-                } else {
-                    Err(CallError::Refused(connect_refusal(
-                        answer.status,
-                        &answer.headers,
-                        &answer.body,
-                    )?))
-                }
+                let refusal = if rest { rest_refusal } else { connect_refusal };
+                Err(CallError::Refused(refusal(
+                    answer.status,
+                    &answer.headers,
+                    &answer.body,
+                )?))
             }
             Protocol::GrpcWeb => {
                 let path = format!("/{}", R::METHOD);
