@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The container image test (tests/image): builds the image from the Dockerfile's runtime stage
-# with the release binary and runs it with podman against the suite's Postgres (DATABASE_URL,
-# which scripts/test.sh provides).
+# The container image tests (tests/image): build the image from the Dockerfile's runtime stage
+# with the release binary and run it with podman against the suite's Postgres (DATABASE_URL,
+# which scripts/test.sh provides), and run compose.yaml with podman-compose.
 #
-# Installs podman, buildah, runc and mmdebstrap with apt when missing (as root), and says so when
-# it cannot. When no `debian:bookworm-slim` image is present (this machine kind cannot reach
+# Installs podman, buildah, runc, mmdebstrap and podman-compose with apt when missing (as root),
+# and says so when it cannot. When no `debian:bookworm-slim` image is present (this machine kind cannot reach
 # Docker Hub), it makes one from the Debian mirror with mmdebstrap, trimmed like Docker's slim
 # image (no manuals, docs or locales, no apt lists).
 set -euo pipefail
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="$PWD/tests/image/containers.conf"
 
 missing=()
-for tool in podman buildah runc mmdebstrap; do
+for tool in podman buildah runc mmdebstrap podman-compose; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 scripts/install-packages.sh "${missing[@]}"
@@ -33,4 +33,4 @@ if ! "${podman[@]}" image exists debian:bookworm-slim; then
 fi
 
 cargo build --release --locked -p totp-service
-cargo test --locked --features image-tests --test image -- --nocapture "$@"
+cargo test --locked --features image-tests --test image -- --nocapture --test-threads=1 "$@"

@@ -3,7 +3,7 @@
 //! run against the suite's throwaway Postgres with a data volume and `TOTP_ENCRYPTION_KEYS`. It
 //! runs as a non-root user, its HEALTHCHECK turns healthy, the README's walk-through works over
 //! REST and gRPC, a new container on the same volume keeps its keys, and `podman stop` drains and
-//! exits 0.
+//! exits 0. And `compose.yaml`, run by `podman-compose` as a user would.
 //!
 //! Run by `scripts/image-test.sh` (from `scripts/test.sh`), which installs podman and makes the
 //! Debian base image: `cargo test --features image-tests --test image`.
@@ -19,6 +19,7 @@ use totp_service::proto::zitadel::object::v2 as object_pb;
 use totp_service::proto::zitadel::user::v2 as user_pb;
 
 const IMAGE: &str = "localhost/totp-service:test";
+const POSTGRES_IMAGE: &str = "localhost/postgres-debian:15";
 const KEYS: &str = "image:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +105,137 @@ async fn client(protocol: Protocol, base: &str) -> Client {
     Client::connect(protocol, base, reqwest::Client::new(), 1)
         .await
         .expect("the container accepts connections")
+}
+
+/// compose.yaml as users run it (`podman-compose`, Debian's package): the service image and a
+/// Postgres (built from Debian's packages with the official image's settings: Docker Hub is out
+/// of reach here) on compose's own network, the keys from an env file, the named volumes. The
+/// service turns healthy after Postgres, serves the walk-through on the published port, and
+/// `down -v` removes it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_yaml_runs_the_service_with_its_postgres() {
+    let started = Instant::now();
+    build_image();
+    podman(&["tag", IMAGE, "localhost/totp-service:latest"]);
+    podman(&[
+        "build",
+        "--network",
+        "host",
+        "-t",
+        POSTGRES_IMAGE,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/image/postgres"),
+    ]);
+    println!("images ready in {:.1?}", started.elapsed());
+
+    // compose.yaml and its env file in a folder of their own, as a user would have them.
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/compose.yaml"),
+        folder.path().join("compose.yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        folder.path().join("totp.env"),
+        format!("TOTP_ENCRYPTION_KEYS={KEYS}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let project = Compose {
+        name: format!("totpcompose{}", std::process::id()),
+        folder,
+        port,
+    };
+    let up = Instant::now();
+    project.run(&["up", "-d"]).unwrap();
+    let totp = format!("{}_totp_1", project.name);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|answer| answer.status() == 200) {
+            break;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(120),
+            "not ready after 120 s; its log:\n{}",
+            podman(&["logs", &totp])
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("compose up: ready in {:.1?}", up.elapsed());
+    let token = podman(&[
+        "exec",
+        &totp,
+        "totp-service",
+        "token",
+        "--sub",
+        "admin",
+        "--grant",
+        "user.write@*",
+        "--grant",
+        "user.credential.write@*",
+        "--grant",
+        "session.write@*",
+    ]);
+    let bearer = format!("Bearer {}", token.trim());
+    walk_through(&client(Protocol::Rest, &base).await, &bearer, "carol").await;
+    let database_url = podman(&["exec", &totp, "printenv", "DATABASE_URL"]);
+    assert!(
+        database_url.contains("@postgres:5432/totp"),
+        "the service uses compose's Postgres: {database_url}"
+    );
+    project.run(&["down", "-v"]).unwrap();
+    let left = podman(&[
+        "ps",
+        "--all",
+        "--filter",
+        &format!("name={}", project.name),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(left.trim(), "", "down -v removes the containers");
+    let volumes = podman(&["volume", "ls", "--format", "{{.Name}}"]);
+    assert!(
+        !volumes.contains(&project.name),
+        "down -v removes the volumes: {volumes}"
+    );
+    println!("whole compose test in {:.1?}", started.elapsed());
+}
+
+/// A compose project of the test; `down -v` when dropped (containers, network and volumes go).
+struct Compose {
+    name: String,
+    folder: tempfile::TempDir,
+    port: u16,
+}
+
+impl Compose {
+    /// Runs `podman-compose <args>` in the project's folder; its output when it fails.
+    fn run(&self, args: &[&str]) -> Result<(), String> {
+        let output = Command::new("podman-compose")
+            .args(["--project-name", &self.name])
+            .args(args)
+            .current_dir(self.folder.path())
+            .env("POSTGRES_PASSWORD", "compose-test-password")
+            .env("POSTGRES_IMAGE", POSTGRES_IMAGE)
+            .env("TOTP_PORT", self.port.to_string())
+            .output()
+            .expect("podman-compose runs (scripts/image-test.sh installs it)");
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "podman-compose {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", "-v"]);
+    }
 }
 
 /// AddHumanUser, RegisterTOTP, VerifyTOTPRegistration and CheckTOTP, as the README's
