@@ -107,17 +107,25 @@ macro_rules! rpcs {
     };
 
     // A handler whose request is read from the JSON body, the path's user id set in it.
-    (@handler $id:ident, $request:ty, $run:path, with_user) => {{
+    (@handler $id:ident, $request:ty, $run:path, with_user) => {
+        rpcs!(@handler_reading $id, $request, $run, JsonBody)
+    };
+    // A handler whose request is read from the query string, the path's user id set in it.
+    (@handler $id:ident, $request:ty, $run:path, query) => {
+        rpcs!(@handler_reading $id, $request, $run, QueryFilters)
+    };
+    // A handler whose request `$read` reads (the body or the query), with the path's user id.
+    (@handler_reading $id:ident, $request:ty, $run:path, $read:ident) => {{
         async fn handler(
             State(api): State<Api>,
             user_id: Result<PathUserId, RestError>,
             headers: HeaderMap,
-            body: Result<JsonBody<$request>, RestError>,
+            read: Result<$read<$request>, RestError>,
         ) -> Result<Response, RestError> {
             let started = Instant::now();
             let result = async {
                 let caller = caller(&api, &headers).await?;
-                let JsonBody(mut request) = body?;
+                let $read(mut request) = read?;
                 request.user_id = user_id?.0;
                 Ok($run(&api.service, &caller, request).await?)
             }
@@ -145,28 +153,9 @@ macro_rules! rpcs {
         }
         handler
     }};
+    // Whether REST reads the request from the query string (the table's `rest_query`).
     (@in_query query) => { true };
     (@in_query $other:tt) => { false };
-    // A handler whose request is read from the query string, the path's user id set in it.
-    (@handler $id:ident, $request:ty, $run:path, query) => {{
-        async fn handler(
-            State(api): State<Api>,
-            user_id: Result<PathUserId, RestError>,
-            headers: HeaderMap,
-            filters: Result<QueryFilters<$request>, RestError>,
-        ) -> Result<Response, RestError> {
-            let started = Instant::now();
-            let result = async {
-                let caller = caller(&api, &headers).await?;
-                let QueryFilters(mut request) = filters?;
-                request.user_id = user_id?.0;
-                Ok($run(&api.service, &caller, request).await?)
-            }
-            .await;
-            respond($id.name, started, result)
-        }
-        handler
-    }};
     // A handler whose request is the JSON body as it is (no user in the path).
     (@handler $id:ident, $request:ty, $run:path, whole) => {{
         async fn handler(
