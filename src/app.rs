@@ -132,6 +132,7 @@ pub async fn domain_service(config: &Config, clock: Arc<dyn Clock>) -> anyhow::R
         max_attempts: config.max_attempts,
         lockout_duration: (!config.lockout_duration.is_zero()).then_some(config.lockout_duration),
         request_timeout: config.request_timeout,
+        max_recovery_codes: config.recovery_codes_max,
     };
     Ok(Service::new(store, clock, key_ring(config)?, settings))
 }

@@ -146,6 +146,10 @@ pub struct Config {
     #[arg(long, env = "TOTP_MAX_ATTEMPTS", default_value_t = 5, global = true)]
     pub max_attempts: u32,
 
+    /// Most recovery codes a user may hold unused (GenerateRecoveryCodes asks for 1 up to this many).
+    #[arg(long, env = "TOTP_RECOVERY_CODES_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    pub recovery_codes_max: u32,
+
     /// How long a lockout lasts (`300s`, `5m`); 0 means until UnlockUser.
     #[arg(long, env = "TOTP_LOCKOUT_DURATION", default_value = "5m", value_parser = parse_duration, global = true)]
     pub lockout_duration: Duration,
@@ -314,6 +318,7 @@ impl fmt::Debug for Config {
                 &self.encryption_keys.as_ref().map(|_| "<redacted>"),
             )
             .field("max_attempts", &self.max_attempts)
+            .field("recovery_codes_max", &self.recovery_codes_max)
             .field("lockout_duration", &self.lockout_duration)
             .field("request_timeout", &self.request_timeout)
             .field("drain_delay", &self.drain_delay)

@@ -117,6 +117,19 @@ pub const IMPORT_PERIOD: Rejection = rejection(
     "TOTP-imp0p",
     "period must be between 15 and 120 seconds",
 );
+/// CheckRecoveryCode or RemoveRecoveryCodes for a user without recovery codes.
+pub const NO_RECOVERY_CODES: Rejection = rejection(
+    Code::NotFound,
+    "TOTP-rc0n",
+    "The user has no recovery codes",
+);
+/// GenerateRecoveryCodes beyond the configured maximum of codes not used yet (as ZITADEL, codes
+/// are added to the remaining ones).
+pub const TOO_MANY_RECOVERY_CODES: Rejection = rejection(
+    Code::FailedPrecondition,
+    "TOTP-rc0m",
+    "The user would hold more recovery codes than allowed; remove the remaining ones first",
+);
 pub const SECRET_KEY_UNAVAILABLE: Rejection = rejection(
     Code::FailedPrecondition,
     "CRYPTO-k3y0f",

@@ -8,6 +8,7 @@ pub mod error;
 #[cfg(test)]
 pub mod memory;
 pub mod outage;
+pub mod recovery;
 pub mod rules;
 pub mod service;
 pub mod store;

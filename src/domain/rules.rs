@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::clock::Timestamp;
 use super::error::{self, Error, Rejection};
+use super::recovery::{self, CodeHash};
 use super::store::{Changes, NewEvent, Outcome, Snapshot, TotpChange};
 use super::totp::{self, CodeMatch, Parameters, Secret};
 use super::types::{SealedSecret, TotpCode, TotpRecord, TotpState, UserRecord, UserState};
@@ -26,6 +27,9 @@ pub mod events {
     pub const OTP_REMOVED: &str = "user.human.mfa.otp.removed";
     pub const OTP_CHECK_SUCCEEDED: &str = "user.human.mfa.otp.check.succeeded";
     pub const OTP_CHECK_FAILED: &str = "user.human.mfa.otp.check.failed";
+    pub const RECOVERY_CODES_ADDED: &str = "user.human.mfa.recoverycodes.added";
+    pub const RECOVERY_CODES_REMOVED: &str = "user.human.mfa.recoverycodes.removed";
+    pub const RECOVERY_CODE_CHECK_SUCCEEDED: &str = "user.human.mfa.recoverycodes.check.succeeded";
 }
 
 /// Rules that come from configuration.
@@ -39,6 +43,8 @@ pub struct Settings {
     pub lockout_duration: Option<Duration>,
     /// Longest a command may take before it is abandoned (its transaction rolls back) with code 4.
     pub request_timeout: Duration,
+    /// Most recovery codes a user may hold unused (ZITADEL's `RecoveryCodes.MaxCount`).
+    pub max_recovery_codes: u32,
 }
 
 impl Default for Settings {
@@ -48,6 +54,7 @@ impl Default for Settings {
             max_attempts: 5,
             lockout_duration: Some(Duration::from_secs(300)),
             request_timeout: Duration::from_secs(10),
+            max_recovery_codes: 10,
         }
     }
 }
@@ -317,6 +324,72 @@ pub fn remove(draft: &mut Draft) -> Result<Outcome, Error> {
     Ok(Outcome::Accept)
 }
 
+/// GenerateRecoveryCodes: adds the hashes of new codes to the ones not used yet, as long as the
+/// user then holds at most the configured maximum (a locked user not for itself, see [`register`]).
+pub fn add_recovery_codes(
+    draft: &mut Draft,
+    hashes: &[CodeHash],
+    settings: &Settings,
+) -> Result<Outcome, Error> {
+    if draft.is_locked_self_service() {
+        return Err(error::USER_LOCKED.into());
+    }
+    let codes = &mut draft.user.recovery_codes;
+    if codes.len() + hashes.len() > settings.max_recovery_codes as usize {
+        return Err(error::TOO_MANY_RECOVERY_CODES.into());
+    }
+    codes.extend_from_slice(hashes);
+    let count = hashes.len();
+    draft.append(events::RECOVERY_CODES_ADDED, json!({ "count": count }));
+    Ok(Outcome::Accept)
+}
+
+/// RemoveRecoveryCodes: drops every code not used yet (a locked user not its own).
+pub fn remove_recovery_codes(draft: &mut Draft) -> Result<Outcome, Error> {
+    if draft.is_locked_self_service() {
+        return Err(error::USER_LOCKED.into());
+    }
+    if draft.user.recovery_codes.is_empty() {
+        return Err(error::NO_RECOVERY_CODES.into());
+    }
+    draft.user.recovery_codes.clear();
+    draft.append(events::RECOVERY_CODES_REMOVED, json!({}));
+    Ok(Outcome::Accept)
+}
+
+/// CheckRecoveryCode, in CheckTOTP's order: the user has codes, is not locked, and the code is
+/// one of them, which it uses up. A wrong code (`None`: not even shaped like one) is a failed
+/// attempt exactly as a wrong TOTP code is (see [`record_failure`]).
+pub fn use_recovery_code(
+    draft: &mut Draft,
+    candidate: Option<CodeHash>,
+    settings: &Settings,
+) -> Result<Outcome, Error> {
+    if draft.user.recovery_codes.is_empty() {
+        return Err(error::NO_RECOVERY_CODES.into());
+    }
+    if draft.user.is_locked_at(draft.at) {
+        return Err(error::USER_LOCKED.into());
+    }
+    let found = candidate.and_then(|hash| recovery::find(&draft.user.recovery_codes, &hash));
+    let Some(index) = found else {
+        return Ok(record_failure(
+            draft,
+            "invalid recovery code",
+            error::INVALID_CODE,
+            settings,
+        ));
+    };
+    draft.user.recovery_codes.remove(index);
+    draft.user.failed_attempts = 0;
+    let remaining = draft.user.recovery_codes.len();
+    draft.append(
+        events::RECOVERY_CODE_CHECK_SUCCEEDED,
+        json!({ "remaining": remaining }),
+    );
+    Ok(Outcome::Accept)
+}
+
 /// DeleteUser: marks the user removed and drops its TOTP secret.
 pub fn delete(draft: &mut Draft) -> Result<Outcome, Error> {
     draft.user.state = UserState::Deleted;
@@ -449,6 +522,7 @@ mod tests {
                 change_date: Timestamp(0),
                 failed_attempts: 0,
                 locked_until: None,
+                recovery_codes: Vec::new(),
                 version: 7,
             };
             let totp = state.map(|state| TotpRecord {

@@ -15,6 +15,7 @@ use super::authz::Access;
 use super::clock::{Clock, Timestamp};
 use super::error::{self, Error};
 use super::outage::OutageLog;
+use super::recovery::{self, CodeHash, RecoveryCode};
 use super::rules::{self, CodeUse, Draft};
 use super::store::{Committed, ConnectionStats, Outcome, Snapshot, Store};
 use super::totp::{self, Imported, Parameters, Secret};
@@ -64,6 +65,8 @@ pub struct UserView {
 pub struct AuthMethods {
     /// The state of the user's TOTP, if it has one.
     pub totp: Option<TotpState>,
+    /// How many recovery codes the user has not used yet.
+    pub recovery_codes: usize,
     pub processed_sequence: u64,
     pub timestamp: Timestamp,
 }
@@ -76,6 +79,9 @@ pub struct Service {
     keys: Arc<KeyRing>,
     settings: Arc<Settings>,
     outages: Arc<OutageLog>,
+    /// Recovery code hashes computed at once: each takes Argon2's memory and a core for its
+    /// milliseconds, so a flood of them waits here instead of growing memory or starving the rest.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -91,6 +97,9 @@ impl Service {
             keys: Arc::new(keys),
             settings: Arc::new(settings),
             outages: Arc::default(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         }
     }
 
@@ -288,6 +297,99 @@ impl Service {
         Ok(committed.details)
     }
 
+    /// GenerateRecoveryCodes: `count` new codes, added to the ones not used yet (see
+    /// [`rules::add_recovery_codes`]); their only clear copy is in the answer.
+    pub async fn generate_recovery_codes(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        count: u32,
+    ) -> Result<(Details, Vec<RecoveryCode>), Error> {
+        let max = self.settings.max_recovery_codes;
+        if !(1..=max).contains(&count) {
+            return Err(Error::Validation(format!(
+                "invalid GenerateRecoveryCodesRequest.Count: value must be inside range [1, {max}]"
+            )));
+        }
+        let access = Access::self_or(Permission::UserCredentialWrite);
+        access.precheck(caller, user_id.as_str())?;
+        let codes: Vec<RecoveryCode> = (0..count).map(|_| RecoveryCode::generate()).collect();
+        let hashes = self
+            .hash_off_the_workers(user_id, codes.iter().map(|c| c.expose().to_owned()))
+            .await?
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal("a generated recovery code has no hash".into()))?;
+        let settings = self.settings.clone();
+        let committed = self
+            .change_user(caller, user_id, access, move |draft| {
+                rules::add_recovery_codes(draft, &hashes, &settings)
+            })
+            .await?;
+        Ok((committed.details, codes))
+    }
+
+    /// CheckRecoveryCode: uses up one recovery code (see [`rules::use_recovery_code`]); answers
+    /// how many are left.
+    pub async fn check_recovery_code(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+        code: &TotpCode,
+    ) -> Result<(Details, usize), Error> {
+        let access = Access::self_or(Permission::SessionWrite);
+        access.precheck(caller, user_id.as_str())?;
+        let candidate = self
+            .hash_off_the_workers(user_id, [code.expose().to_owned()])
+            .await?
+            .pop()
+            .flatten();
+        let settings = self.settings.clone();
+        let committed = self
+            .change_user(caller, user_id, access, move |draft| {
+                rules::use_recovery_code(draft, candidate, &settings)
+            })
+            .await?;
+        Ok((committed.details, committed.user.recovery_codes.len()))
+    }
+
+    /// RemoveRecoveryCodes: drops every code not used yet.
+    pub async fn remove_recovery_codes(
+        &self,
+        caller: &Caller,
+        user_id: &UserId,
+    ) -> Result<Details, Error> {
+        let access = Access::self_or(Permission::UserWrite);
+        let committed = self
+            .change_user(caller, user_id, access, rules::remove_recovery_codes)
+            .await?;
+        Ok(committed.details)
+    }
+
+    /// The recovery code hashes of `codes` for `user_id`, computed on the blocking pool, at most
+    /// as many at once as there are cores.
+    async fn hash_off_the_workers(
+        &self,
+        user_id: &UserId,
+        codes: impl IntoIterator<Item = String>,
+    ) -> Result<Vec<Option<CodeHash>>, Error> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("the hashing semaphore is closed".into()))?;
+        let (user_id, codes): (String, Vec<String>) =
+            (user_id.as_str().to_owned(), codes.into_iter().collect());
+        tokio::task::spawn_blocking(move || {
+            codes
+                .iter()
+                .map(|code| recovery::hash(&user_id, code))
+                .collect()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("hashing recovery codes: {e}")))
+    }
+
     /// AddHumanUser: creates an active user, optionally with an imported, ready TOTP.
     pub async fn add_human_user(
         &self,
@@ -322,6 +424,7 @@ impl Service {
             change_date: at,
             failed_attempts: 0,
             locked_until: None,
+            recovery_codes: Vec::new(),
             version: 0,
         };
         let mut draft = Draft::of_new_user(user, at, caller.subject.clone());
@@ -393,6 +496,7 @@ impl Service {
             .await?;
         Ok(AuthMethods {
             totp: snapshot.totp.map(|t| t.state),
+            recovery_codes: snapshot.user.recovery_codes.len(),
             processed_sequence: snapshot.user.sequence,
             timestamp: snapshot.user.change_date,
         })

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::Timestamp;
 use super::error::Error;
+use super::recovery::CodeHash;
 use super::totp::Parameters;
 
 /// Longest accepted id, code, username or secret, in Unicode scalar values (as ZITADEL's validation).
@@ -200,6 +201,8 @@ pub struct UserRecord {
     pub failed_attempts: u32,
     /// End of an automatic lock; `None` while locked means until UnlockUser.
     pub locked_until: Option<Timestamp>,
+    /// The hashes of the recovery codes not used yet.
+    pub recovery_codes: Vec<CodeHash>,
     /// The row's version, bumped by the store on every write (optimistic concurrency).
     pub version: u64,
 }

@@ -123,6 +123,7 @@ mod tests {
                 change_date: Timestamp(0),
                 failed_attempts: 0,
                 locked_until: None,
+                recovery_codes: Vec::new(),
                 version,
             },
             totp: None,

@@ -2,11 +2,14 @@
 //! [`Snapshot`], and one mapping from a decision's [`Changes`] to the values of the rows it
 //! writes ([`RowValues`]), which the SQLite statements and the Postgres batch statement both bind.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use sqlx::{AnyConnection, ColumnIndex, Decode, Row, Type};
 
 use super::classify;
 use crate::domain::clock::Timestamp;
 use crate::domain::error::{self, Error};
+use crate::domain::recovery::CodeHash;
 use crate::domain::store::{Changes, Snapshot, TotpChange};
 use crate::domain::totp::{Algorithm, Parameters};
 use crate::domain::types::{Profile, SealedSecret, TotpRecord, TotpState, UserRecord, UserState};
@@ -18,7 +21,7 @@ macro_rules! select_snapshot {
         concat!(
             "SELECT u.user_id, u.resource_owner, u.username, u.email, u.email_verified, \
              u.profile, u.state, u.sequence, u.created_at, u.change_date, u.failed_attempts, \
-             u.locked_until, u.version, t.state AS totp_state, t.key_id, t.secret_sealed, \
+             u.locked_until, u.version, u.recovery_codes, t.state AS totp_state, t.key_id, t.secret_sealed, \
              t.digits, t.period, t.algorithm, t.last_used_step, t.created_at AS totp_created_at \
              FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE ",
             $condition
@@ -29,7 +32,8 @@ pub(super) use select_snapshot;
 
 const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
      email_verified, profile, state, sequence, created_at, change_date, failed_attempts, \
-     locked_until, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0) \
+     locked_until, recovery_codes, version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0) \
      ON CONFLICT (user_id) DO NOTHING";
 
 /// The columns of a TOTP row, in the order [`PutTotp`] binds them.
@@ -66,6 +70,7 @@ pub(super) struct UserRow {
     pub change_date: i64,
     pub failed_attempts: i64,
     pub locked_until: Option<i64>,
+    pub recovery_codes: String,
 }
 
 /// One event row (its user id is the user row's).
@@ -132,6 +137,7 @@ impl RowValues {
                 change_date: user.change_date.0,
                 failed_attempts: i64::from(user.failed_attempts),
                 locked_until: user.locked_until.map(|t| t.0),
+                recovery_codes: encode_code_hashes(&user.recovery_codes),
             },
             events,
             totp,
@@ -256,6 +262,7 @@ pub(super) async fn insert_user(
         .bind(user.change_date.0)
         .bind(i64::from(user.failed_attempts))
         .bind(user.locked_until.map(|t| t.0))
+        .bind(encode_code_hashes(&user.recovery_codes))
         .execute(&mut *conn)
         .await
         .map_err(|e| classify("inserting a user", e))?;
@@ -345,6 +352,8 @@ where
         locked_until: row
             .try_get::<Option<i64>, _>("locked_until")?
             .map(Timestamp),
+        recovery_codes: decode_code_hashes(&row.try_get::<String, _>("recovery_codes")?)
+            .ok_or_else(|| bad("recovery codes"))?,
         version: row.try_get::<i64, _>("version")? as u64,
     };
     let totp = match row.try_get::<Option<String>, _>("totp_state")? {
@@ -366,6 +375,29 @@ where
         }),
     };
     Ok(Snapshot { user, totp })
+}
+
+/// The stored form of recovery code hashes: base64, comma-separated.
+fn encode_code_hashes(hashes: &[CodeHash]) -> String {
+    let encoded: Vec<String> = hashes
+        .iter()
+        .map(|hash| BASE64.encode(hash.as_bytes()))
+        .collect();
+    encoded.join(",")
+}
+
+/// Reads what [`encode_code_hashes`] wrote; `None` if it was not that.
+fn decode_code_hashes(stored: &str) -> Option<Vec<CodeHash>> {
+    stored
+        .split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            BASE64
+                .decode(part)
+                .ok()
+                .and_then(|bytes| CodeHash::from_bytes(&bytes))
+        })
+        .collect()
 }
 
 /// Commits `tx` if `outcome` is a success, else rolls it back; answers `outcome`.

@@ -47,8 +47,8 @@ const SELECT_SNAPSHOT: &str = select_snapshot!("u.user_id = $1");
 
 /// Updates the user row if its version is `$7`.
 const UPDATE_USER_IF_UNCHANGED: &str = "UPDATE users SET state = $2, sequence = $3, \
-     change_date = $4, failed_attempts = $5, locked_until = $6, version = version + 1 \
-     WHERE user_id = $1 AND version = $7";
+     change_date = $4, failed_attempts = $5, locked_until = $6, recovery_codes = $8, \
+     version = version + 1 WHERE user_id = $1 AND version = $7";
 
 /// The store on one SQLite file.
 #[derive(Clone)]
@@ -235,6 +235,7 @@ async fn write_if_unchanged(
         .bind(user.failed_attempts)
         .bind(user.locked_until)
         .bind(expected_version as i64)
+        .bind(user.recovery_codes.clone())
         .execute(&mut *conn)
         .await
         .map_err(|e| classify("updating a user", e))?;

@@ -164,6 +164,30 @@ impl UserService for Api {
     ) -> Result<Response<user_pb::RemoveTotpResponse>, Status> {
         unary!(self, request, rpcs::REMOVE_TOTP, messages::remove_totp)
     }
+
+    async fn generate_recovery_codes(
+        &self,
+        request: Request<user_pb::GenerateRecoveryCodesRequest>,
+    ) -> Result<Response<user_pb::GenerateRecoveryCodesResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::GENERATE_RECOVERY_CODES,
+            messages::generate_recovery_codes
+        )
+    }
+
+    async fn remove_recovery_codes(
+        &self,
+        request: Request<user_pb::RemoveRecoveryCodesRequest>,
+    ) -> Result<Response<user_pb::RemoveRecoveryCodesResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::REMOVE_RECOVERY_CODES,
+            messages::remove_recovery_codes
+        )
+    }
 }
 
 #[tonic::async_trait]
@@ -180,6 +204,18 @@ impl TotpService for Api {
         request: Request<totp_pb::ImportTotpRequest>,
     ) -> Result<Response<totp_pb::ImportTotpResponse>, Status> {
         unary!(self, request, rpcs::IMPORT_TOTP, messages::import_totp)
+    }
+
+    async fn check_recovery_code(
+        &self,
+        request: Request<totp_pb::CheckRecoveryCodeRequest>,
+    ) -> Result<Response<totp_pb::CheckRecoveryCodeResponse>, Status> {
+        unary!(
+            self,
+            request,
+            rpcs::CHECK_RECOVERY_CODE,
+            messages::check_recovery_code
+        )
     }
 }
 

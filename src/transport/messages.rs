@@ -148,6 +148,49 @@ pub async fn import_totp(
     })
 }
 
+pub async fn generate_recovery_codes(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::GenerateRecoveryCodesRequest,
+) -> Result<user_pb::GenerateRecoveryCodesResponse, Error> {
+    let user_id = user_id(&request.user_id, "GenerateRecoveryCodesRequest")?;
+    // A negative count is below the range the service names in its refusal.
+    let count = u32::try_from(request.count).unwrap_or(0);
+    let (result, codes) = service
+        .generate_recovery_codes(caller, &user_id, count)
+        .await?;
+    Ok(user_pb::GenerateRecoveryCodesResponse {
+        details: details(result),
+        recovery_codes: codes.iter().map(|c| c.expose().to_owned()).collect(),
+    })
+}
+
+pub async fn remove_recovery_codes(
+    service: &Service,
+    caller: &Caller,
+    request: user_pb::RemoveRecoveryCodesRequest,
+) -> Result<user_pb::RemoveRecoveryCodesResponse, Error> {
+    let user_id = user_id(&request.user_id, "RemoveRecoveryCodesRequest")?;
+    let result = service.remove_recovery_codes(caller, &user_id).await?;
+    Ok(user_pb::RemoveRecoveryCodesResponse {
+        details: details(result),
+    })
+}
+
+pub async fn check_recovery_code(
+    service: &Service,
+    caller: &Caller,
+    request: totp_pb::CheckRecoveryCodeRequest,
+) -> Result<totp_pb::CheckRecoveryCodeResponse, Error> {
+    let user_id = user_id(&request.user_id, "CheckRecoveryCodeRequest")?;
+    let code = TotpCode::parse(&request.code, "CheckRecoveryCodeRequest")?;
+    let (result, remaining) = service.check_recovery_code(caller, &user_id, &code).await?;
+    Ok(totp_pb::CheckRecoveryCodeResponse {
+        details: details(result),
+        remaining: remaining as u32,
+    })
+}
+
 pub async fn add_human_user(
     service: &Service,
     caller: &Caller,
@@ -315,6 +358,9 @@ pub async fn list_authentication_method_types(
     let mut types = Vec::new();
     if methods.totp == Some(TotpState::Ready) {
         types.push(user_pb::AuthenticationMethodType::Totp as i32);
+    }
+    if methods.recovery_codes > 0 {
+        types.push(user_pb::AuthenticationMethodType::RecoveryCode as i32);
     }
     Ok(user_pb::ListAuthenticationMethodTypesResponse {
         details: Some(object_pb::ListDetails {

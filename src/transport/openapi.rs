@@ -144,6 +144,18 @@ fn schemas() -> Value {
             "period": { "type": "integer", "minimum": 0, "maximum": 120, "description": "seconds, 15 to 120; 0 means 30" },
             "pending": { "type": "boolean", "description": "wait for a first code before the TOTP is ready" },
         }), &[]),
+        "GenerateRecoveryCodesRequest": object(json!({
+            "userId": string(),
+            "count": { "type": "integer", "minimum": 1, "description": "codes to add, at most TOTP_RECOVERY_CODES_MAX (10) with the unused ones" },
+        }), &["count"]),
+        "GenerateRecoveryCodesResponse": object(json!({
+            "details": reference("Details"),
+            "recoveryCodes": { "type": "array", "items": { "type": "string", "description": "ABCD-EFGH-JKLM: shown this once, only a hash is kept" } },
+        }), &["details", "recoveryCodes"]),
+        "CheckRecoveryCodeResponse": object(json!({
+            "details": reference("Details"),
+            "remaining": { "type": "integer", "description": "recovery codes left after this one" },
+        }), &["details"]),
         "RegisterTOTPResponse": object(json!({
             "details": reference("Details"),
             "uri": string(),
@@ -177,7 +189,7 @@ fn schemas() -> Value {
         "GetUserByIDResponse": object(json!({ "details": reference("Details"), "user": reference("User") }), &["details", "user"]),
         "ListAuthenticationMethodTypesResponse": object(json!({
             "details": reference("ListDetails"),
-            "authMethodTypes": { "type": "array", "items": { "type": "string", "enum": ["AUTHENTICATION_METHOD_TYPE_TOTP"] } },
+            "authMethodTypes": { "type": "array", "items": { "type": "string", "enum": ["AUTHENTICATION_METHOD_TYPE_TOTP", "AUTHENTICATION_METHOD_TYPE_RECOVERY_CODE"] } },
         }), &["details"]),
         "ListAuthenticationFactorsFilters": object(json!({
             "authFactors": { "type": "array", "items": { "type": "string", "enum": ["OTP", "OTP_SMS", "OTP_EMAIL", "U2F"] } },

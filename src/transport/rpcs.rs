@@ -253,6 +253,27 @@ rpcs! {
         totp_pb::ImportTotpRequest => messages::import_totp,
         body with_user Some("ImportTOTPRequest"), answers "DetailsResponse",
         errors [("409", "TOTP already set up (code 6)"), TOO_LARGE];
+    GENERATE_RECOVERY_CODES: "GenerateRecoveryCodes"
+        "/zitadel.user.v2.UserService/GenerateRecoveryCodes",
+        POST "/v2/users/{userId}/recovery_codes", "user.credential.write ✓",
+        "Generate single-use recovery codes (added to the unused ones, up to the maximum); shown once",
+        user_pb::GenerateRecoveryCodesRequest => messages::generate_recovery_codes,
+        body with_user Some("GenerateRecoveryCodesRequest"),
+        answers "GenerateRecoveryCodesResponse",
+        errors [TOO_LARGE];
+    REMOVE_RECOVERY_CODES: "RemoveRecoveryCodes"
+        "/zitadel.user.v2.UserService/RemoveRecoveryCodes",
+        DELETE "/v2/users/{userId}/recovery_codes", "user.write ✓",
+        "Remove every unused recovery code",
+        user_pb::RemoveRecoveryCodesRequest => messages::remove_recovery_codes,
+        body none None, answers "DetailsResponse",
+        errors [];
+    CHECK_RECOVERY_CODE: "CheckRecoveryCode" "/totpservice.v1.TOTPService/CheckRecoveryCode",
+        POST "/v2/users/{userId}/recovery_codes/check", "session.write ✓",
+        "Check and use up a recovery code at login (lockout as CheckTOTP); answers how many remain",
+        totp_pb::CheckRecoveryCodeRequest => messages::check_recovery_code,
+        body with_user Some("CodeRequest"), answers "CheckRecoveryCodeResponse",
+        errors [TOO_LARGE];
     // zitadel.user.v2beta.UserService: the same RPCs under v2beta's package and paths, answered
     // by the v2 handlers through `v2beta.rs`.
     BETA_ADD_HUMAN_USER: "v2beta.AddHumanUser" "/zitadel.user.v2beta.UserService/AddHumanUser",

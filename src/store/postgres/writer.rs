@@ -454,10 +454,12 @@ async fn decide_for(
 /// ever lock in another order and Postgres break a deadlock, the batch counts as not written.
 const WRITE_BATCH: &str = "WITH input AS ( \
        SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], \
-         $6::bigint[], $7::bigint[]) \
-         AS i(user_id, expected_version, state, sequence, change_date, failed_attempts, locked_until)), \
+         $6::bigint[], $7::bigint[], $26::text[]) \
+         AS i(user_id, expected_version, state, sequence, change_date, failed_attempts, locked_until, \
+           recovery_codes)), \
      u AS (UPDATE users SET state = i.state, sequence = i.sequence, change_date = i.change_date, \
-         failed_attempts = i.failed_attempts, locked_until = i.locked_until, version = users.version + 1 \
+         failed_attempts = i.failed_attempts, locked_until = i.locked_until, \
+         recovery_codes = i.recovery_codes, version = users.version + 1 \
        FROM input i \
        WHERE users.user_id = i.user_id AND users.version = i.expected_version \
        RETURNING users.user_id), \
@@ -531,6 +533,7 @@ async fn write_batch(
         .bind(deletes)
         .bind(column(&events, |(w, _)| w.rows.command_id.as_str()))
         .bind(column(&puts, |(_, p)| p.algorithm))
+        .bind(column(batch, |w| w.rows.user.recovery_codes.as_str()))
         .fetch_all(connection)
         .await;
     match written {

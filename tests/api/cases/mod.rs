@@ -8,6 +8,7 @@ mod import;
 mod life_cycle;
 mod operations;
 mod protocols;
+mod recovery;
 mod v2beta;
 
 pub use auth::*;
@@ -17,6 +18,7 @@ pub use import::*;
 pub use life_cycle::*;
 pub use operations::*;
 pub use protocols::*;
+pub use recovery::*;
 pub use v2beta::*;
 
 use totp_service::proto::zitadel::object::v2 as object_pb;

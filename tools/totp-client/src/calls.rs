@@ -90,6 +90,12 @@ rpcs! {
         "totpservice.v1.TOTPService/CheckTOTP", POST user "/totp/check", true;
     totp_pb::ImportTotpRequest => totp_pb::ImportTotpResponse,
         "totpservice.v1.TOTPService/ImportTOTP", POST user "/totp/import", true;
+    user_pb::GenerateRecoveryCodesRequest => user_pb::GenerateRecoveryCodesResponse,
+        "zitadel.user.v2.UserService/GenerateRecoveryCodes", POST user "/recovery_codes", true;
+    user_pb::RemoveRecoveryCodesRequest => user_pb::RemoveRecoveryCodesResponse,
+        "zitadel.user.v2.UserService/RemoveRecoveryCodes", DELETE user "/recovery_codes", false;
+    totp_pb::CheckRecoveryCodeRequest => totp_pb::CheckRecoveryCodeResponse,
+        "totpservice.v1.TOTPService/CheckRecoveryCode", POST user "/recovery_codes/check", true;
     beta::AddHumanUserRequest => beta::AddHumanUserResponse,
         "zitadel.user.v2beta.UserService/AddHumanUser", POST "/v2beta/users/human", true;
     beta::GetUserByIdRequest => beta::GetUserByIdResponse,
