@@ -812,6 +812,69 @@ mod tests {
     }
 
     #[test]
+    fn recovery_codes_are_added_up_to_the_maximum_and_each_is_used_once() {
+        let f = Fixture::new();
+        let codes: Vec<recovery::RecoveryCode> =
+            (0..3).map(|_| recovery::RecoveryCode::generate()).collect();
+        let hash = |code: &str| recovery::hash(USER, code);
+        let hashes: Vec<CodeHash> = codes.iter().map(|c| hash(c.expose()).unwrap()).collect();
+        let settings = Settings {
+            max_recovery_codes: 4,
+            ..f.settings.clone()
+        };
+        let mut alice = draft(f.snapshot(None));
+        assert_eq!(
+            add_recovery_codes(&mut alice, &hashes, &settings),
+            Ok(Outcome::Accept)
+        );
+        assert_eq!(
+            add_recovery_codes(&mut alice, &hashes[..2], &settings),
+            Err(error::TOO_MANY_RECOVERY_CODES.into()),
+            "3 unused + 2 > 4"
+        );
+        assert_eq!(alice.user.recovery_codes.len(), 3);
+
+        let first = hash(codes[0].expose());
+        assert_eq!(
+            use_recovery_code(&mut alice, first, &settings),
+            Ok(Outcome::Accept)
+        );
+        assert_eq!(alice.user.recovery_codes.len(), 2);
+        assert_eq!(
+            use_recovery_code(&mut alice, first, &settings),
+            Ok(Outcome::RecordAndRefuse(error::INVALID_CODE)),
+            "used up"
+        );
+        assert_eq!(
+            use_recovery_code(&mut alice, None, &settings),
+            Ok(Outcome::RecordAndRefuse(error::INVALID_CODE)),
+            "not shaped like a code"
+        );
+        assert_eq!(alice.user.failed_attempts, 2);
+        let changes = alice.finish(Outcome::Accept);
+        assert_eq!(
+            event_types(&changes),
+            [
+                events::RECOVERY_CODES_ADDED,
+                events::RECOVERY_CODE_CHECK_SUCCEEDED,
+                events::OTP_CHECK_FAILED,
+                events::OTP_CHECK_FAILED,
+            ],
+            "a wrong recovery code appends the failure event of a wrong TOTP code"
+        );
+
+        let mut emptied = draft(Snapshot {
+            user: changes.user,
+            totp: None,
+        });
+        assert_eq!(remove_recovery_codes(&mut emptied), Ok(Outcome::Accept));
+        assert_eq!(
+            use_recovery_code(&mut emptied, hash(codes[1].expose()), &settings),
+            Err(error::NO_RECOVERY_CODES.into())
+        );
+    }
+
+    #[test]
     fn lock_and_unlock_refuse_what_is_already_so() {
         let f = Fixture::new();
         let mut alice = draft(f.snapshot(None));

@@ -142,6 +142,17 @@ pub async fn openapi_document_matches_live_responses(backend: Backend, protocol:
                     Some(r#"{"secret":"GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ","digits":8}"#.into()),
                 ),
                 "RemoveTOTP" => (h.user_with_pending_totp().await.0.id, None),
+                "GenerateRecoveryCodes" => (h.new_user().await.id, Some(r#"{"count":3}"#.into())),
+                "RemoveRecoveryCodes" | "CheckRecoveryCode" => {
+                    let user = h.new_user().await;
+                    let codes = h
+                        .generate_recovery_codes(&admin, &user.id, 1)
+                        .await
+                        .unwrap()
+                        .recovery_codes;
+                    let body = format!(r#"{{"code":"{}"}}"#, codes[0]);
+                    (user.id, (method == "post").then_some(body))
+                }
                 "UnlockUser" => {
                     let user = h.new_user().await;
                     h.lock_user(&admin, &user.id).await.unwrap();
@@ -246,9 +257,12 @@ pub async fn openapi_document_matches_live_responses(backend: Backend, protocol:
         "UnlockUser",
         "VerifyTOTPRegistration",
     ];
-    let ours = ["CheckTOTP", "ImportTOTP"];
+    // ZITADEL's v2beta has no recovery codes.
+    let v2_only = ["GenerateRecoveryCodes", "RemoveRecoveryCodes"];
+    let ours = ["CheckRecoveryCode", "CheckTOTP", "ImportTOTP"];
     let mut expected: Vec<String> = v2
         .iter()
+        .chain(&v2_only)
         .chain(&ours)
         .map(|name| name.to_string())
         .chain(v2.iter().map(|name| format!("v2beta.{name}")))
