@@ -1,23 +1,26 @@
 // The script of the enrolment page (enroll.html): registers over gRPC-web, shows the QR code,
-// verifies the first code.
+// verifies the first code, then offers recovery codes.
 "use strict";
-// A few protobuf helpers: every request and response field used here is a string (wire type 2).
+// A few protobuf helpers: request fields are strings (wire type 2) or numbers (wire type 0);
+// the response fields read here are strings.
 const utf8 = new TextEncoder(), text = new TextDecoder();
 function varint(n) { const out = []; while (n > 127) { out.push((n & 127) | 128); n >>>= 7; } out.push(n); return out; }
-function encode(fields) { // fields: [[number, string], ...]
+function encode(fields) { // fields: [[number, string or non-negative integer], ...]
   const out = [];
   for (const [number, value] of fields) {
+    if (typeof value === "number") { out.push(...varint(number << 3), ...varint(value)); continue; }
     const bytes = utf8.encode(value);
     out.push(...varint((number << 3) | 2), ...varint(bytes.length), ...bytes);
   }
   return Uint8Array.from(out);
 }
-function decode(bytes) { // -> {number: string} of the length-delimited fields
-  const fields = {}; let i = 0;
+function decode(bytes) { // -> {number: string} of the length-delimited fields, all of them in .all
+  const fields = { all: {} }; let i = 0;
   const readVarint = () => { let n = 0, shift = 0, b; do { b = bytes[i++]; n |= (b & 127) << shift; shift += 7; } while (b & 128); return n >>> 0; };
   while (i < bytes.length) {
     const key = readVarint(), number = key >>> 3, type = key & 7;
-    if (type === 2) { const len = readVarint(); fields[number] = text.decode(bytes.subarray(i, i + len)); i += len; }
+    if (type === 2) { const len = readVarint(); const value = text.decode(bytes.subarray(i, i + len)); i += len;
+      fields[number] = value; (fields.all[number] ||= []).push(value); }
     else if (type === 0) readVarint();
     else if (type === 1) i += 8; else if (type === 5) i += 4; else break;
   }
@@ -78,6 +81,23 @@ document.getElementById("verify").onclick = async () => {
     await grpcWeb("zitadel.user.v2.UserService/VerifyTOTPRegistration",
                   encode([[1, user], [2, document.getElementById("code").value]]));
     document.getElementById("scan").hidden = true;
+    document.getElementById("recovery").hidden = false;
     show("Your authenticator is set up.", true);
   } catch (error) { show(error.message, false); }
+};
+document.getElementById("generate").onclick = async () => {
+  try {
+    const user = document.getElementById("user").value.trim();
+    const answer = await grpcWeb("zitadel.user.v2.UserService/GenerateRecoveryCodes", encode([[1, user], [2, 10]]));
+    document.getElementById("codes").textContent = (answer.all[2] || []).join("\n");
+    document.getElementById("generate").hidden = true;
+    document.getElementById("saved").hidden = false;
+    show("", true);
+  } catch (error) { show(error.message, false); }
+};
+document.getElementById("copy").onclick = async () => {
+  try {
+    await navigator.clipboard.writeText(document.getElementById("codes").textContent);
+    show("The recovery codes are copied.", true);
+  } catch (error) { show("Copying failed: " + error.message, false); }
 };
