@@ -47,7 +47,7 @@ pub(super) const TOTP_ON_CONFLICT: &str = "ON CONFLICT (user_id) DO UPDATE SET \
      last_used_step = excluded.last_used_step, created_at = excluded.created_at";
 
 /// The columns of an event row, in the order [`EventRow`] binds them.
-const EVENT_COLUMNS: &str =
+pub(super) const EVENT_COLUMNS: &str =
     "user_id, sequence, event_type, payload, resource_owner, creator, created_at, command_id";
 
 /// The rows a decision writes.

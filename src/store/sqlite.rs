@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::{AnyConnection, Connection};
+use sqlx::{AnyConnection, Connection, Row};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::StoreOptions;
@@ -21,7 +21,10 @@ use super::cache::SnapshotCache;
 use super::classify;
 use super::connections::{self, Connections, to_the_end};
 use super::optimistic::{self, Attempt, decide_on};
-use super::rows::{self, RowValues, select_snapshot, snapshot_from_row};
+use super::rows::{
+    self, EVENT_COLUMNS, RowValues, TOTP_COLUMNS, TOTP_ON_CONFLICT, TotpRow, select_snapshot,
+    snapshot_from_row,
+};
 use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
 
@@ -44,11 +47,6 @@ const CONNECTION_SETUP: &[&str] = &[
 ];
 
 const SELECT_SNAPSHOT: &str = select_snapshot!("u.user_id = $1");
-
-/// Updates the user row if its version is `$7`.
-const UPDATE_USER_IF_UNCHANGED: &str = "UPDATE users SET state = $2, sequence = $3, \
-     change_date = $4, failed_attempts = $5, locked_until = $6, recovery_codes = $8, \
-     version = version + 1 WHERE user_id = $1 AND version = $7";
 
 /// The store on one SQLite file.
 #[derive(Clone)]
@@ -203,48 +201,183 @@ impl SqliteStore {
     }
 }
 
+/// Most writes in one query: each binds about twenty values, and SQLite takes at most 32,766.
+const WRITES_PER_QUERY: usize = 32;
+
 /// Writes a batch of conditional writes in one `BEGIN IMMEDIATE` transaction (the write lock is
 /// taken at once: the version checks and the writes after them cannot interleave with another
 /// writer); answers for each whether it was written. A failed statement fails the batch.
+///
+/// The transaction travels as one multi-statement query (more only past [`WRITES_PER_QUERY`]):
+/// every statement is a round trip to the connection's thread, and those hand-offs, not SQLite's
+/// work, were most of a write's cost (docs/performance.md). Within it each write's statements are
+/// conditional on its user's version ([`push_write`]), so no answer is needed between them.
 async fn write_batch(conn: &mut AnyConnection, batch: &[PendingWrite]) -> Result<Vec<bool>, Error> {
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| classify("beginning a transaction", e))?;
-    let mut written = Vec::with_capacity(batch.len());
-    for write in batch {
-        written.push(write_if_unchanged(&mut tx, &write.rows, write.expected_version).await?);
+    let chunks: Vec<&[PendingWrite]> = batch.chunks(WRITES_PER_QUERY).collect();
+    let mut written = vec![false; batch.len()];
+    for (index, chunk) in chunks.iter().enumerate() {
+        let mut query = BatchQuery::default();
+        if index == 0 {
+            query.sql.push_str("BEGIN IMMEDIATE;\n");
+        }
+        let first = index * WRITES_PER_QUERY;
+        for (offset, write) in chunk.iter().enumerate() {
+            push_write(
+                &mut query,
+                first + offset,
+                &write.rows,
+                write.expected_version,
+            );
+        }
+        if index == chunks.len() - 1 {
+            query.sql.push_str("COMMIT;\n");
+        }
+        match query.run(conn).await {
+            Ok(positions) => {
+                for position in positions {
+                    if let Some(slot) = written.get_mut(position) {
+                        *slot = true;
+                    }
+                }
+            }
+            Err(error) => {
+                // Whatever the query left open is undone; "no transaction" is fine too.
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                return Err(error);
+            }
+        }
     }
-    tx.commit().await.map_err(|e| classify("committing", e))?;
     Ok(written)
 }
 
-/// One conditional write inside a transaction: nothing is written unless the user's row is still
-/// at `expected_version`.
-async fn write_if_unchanged(
-    conn: &mut AnyConnection,
-    rows: &RowValues,
-    expected_version: u64,
-) -> Result<bool, Error> {
+/// Appends the statements of one conditional write, the batch's `position`-th: its events and
+/// TOTP change, each only if the user's row is still at `expected_version`, then the user's
+/// update on the same condition, which answers `position` when it happened. The update comes
+/// last, so every statement before it sees the version it checks.
+fn push_write(query: &mut BatchQuery, position: usize, rows: &RowValues, expected_version: u64) {
     let user = &rows.user;
-    let updated = sqlx::query(UPDATE_USER_IF_UNCHANGED)
-        .bind(user.user_id.clone())
-        .bind(user.state)
-        .bind(user.sequence)
-        .bind(user.change_date)
-        .bind(user.failed_attempts)
-        .bind(user.locked_until)
-        .bind(expected_version as i64)
-        .bind(user.recovery_codes.clone())
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| classify("updating a user", e))?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
+    let user_id = query.text(&user.user_id);
+    let version = query.int(expected_version as i64);
+    let unchanged =
+        format!("EXISTS (SELECT 1 FROM users WHERE user_id = {user_id} AND version = {version})");
+    if !rows.events.is_empty() {
+        let command_id = query.text(&rows.command_id);
+        let values: Vec<String> = rows
+            .events
+            .iter()
+            .map(|event| {
+                format!(
+                    "({user_id}, {}, {}, {}, {}, {}, {}, {command_id})",
+                    query.int(event.sequence),
+                    query.text(event.event_type),
+                    query.text(&event.payload),
+                    query.text(&event.resource_owner),
+                    query.text(&event.creator),
+                    query.int(event.created_at),
+                )
+            })
+            .collect();
+        query.sql.push_str(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM (VALUES {}) WHERE {unchanged};\n",
+            values.join(", ")
+        ));
     }
-    rows::insert_events(conn, rows).await?;
-    rows::write_totp(conn, &user.user_id, &rows.totp).await?;
-    Ok(true)
+    match &rows.totp {
+        TotpRow::Keep => {}
+        TotpRow::Put(put) => {
+            let values = [
+                user_id.clone(),
+                query.text(put.state),
+                query.text(&put.key_id),
+                query.blob(&put.secret_sealed),
+                query.int(put.digits),
+                query.int(put.period),
+                query.text(put.algorithm),
+                query.optional_int(put.last_used_step),
+                query.int(put.created_at),
+            ];
+            query.sql.push_str(&format!(
+                "INSERT INTO totp ({TOTP_COLUMNS}) SELECT {} WHERE {unchanged} {TOTP_ON_CONFLICT};\n",
+                values.join(", ")
+            ));
+        }
+        TotpRow::Delete => query.sql.push_str(&format!(
+            "DELETE FROM totp WHERE user_id = {user_id} AND {unchanged};\n"
+        )),
+    }
+    let set = format!(
+        "state = {}, sequence = {}, change_date = {}, failed_attempts = {}, locked_until = {}, \
+         recovery_codes = {}, version = version + 1",
+        query.text(user.state),
+        query.int(user.sequence),
+        query.int(user.change_date),
+        query.int(user.failed_attempts),
+        query.optional_int(user.locked_until),
+        query.text(&user.recovery_codes),
+    );
+    query.sql.push_str(&format!(
+        "UPDATE users SET {set} WHERE user_id = {user_id} AND version = {version} \
+         RETURNING {position};\n"
+    ));
+}
+
+/// A multi-statement query being built: its text, with `$n` placeholders numbered across all of
+/// its statements, and the values they stand for, in that order.
+#[derive(Default)]
+struct BatchQuery {
+    sql: String,
+    values: Vec<Value>,
+}
+
+/// A value bound to a [`BatchQuery`].
+enum Value {
+    Text(String),
+    Int(Option<i64>),
+    Blob(Vec<u8>),
+}
+
+impl BatchQuery {
+    /// Adds `value`; answers its placeholder.
+    fn push(&mut self, value: Value) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+
+    fn text(&mut self, value: &str) -> String {
+        self.push(Value::Text(value.to_owned()))
+    }
+
+    fn int(&mut self, value: i64) -> String {
+        self.push(Value::Int(Some(value)))
+    }
+
+    fn optional_int(&mut self, value: Option<i64>) -> String {
+        self.push(Value::Int(value))
+    }
+
+    fn blob(&mut self, value: &[u8]) -> String {
+        self.push(Value::Blob(value.to_vec()))
+    }
+
+    /// Runs the statements; answers the positions the `RETURNING`s gave.
+    async fn run(self, conn: &mut AnyConnection) -> Result<Vec<usize>, Error> {
+        let mut query = sqlx::query(&self.sql);
+        for value in self.values {
+            query = match value {
+                Value::Text(text) => query.bind(text),
+                Value::Int(int) => query.bind(int),
+                Value::Blob(blob) => query.bind(blob),
+            };
+        }
+        let rows = query
+            .fetch_all(conn)
+            .await
+            .map_err(|e| classify("writing users' changes", e))?;
+        rows.iter()
+            .map(|row| row.try_get::<i64, _>(0).map(|position| position as usize))
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify("reading which writes happened", e))
+    }
 }
 
 /// Reads a user and its TOTP in one statement (so the two agree).
