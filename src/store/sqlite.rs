@@ -52,8 +52,9 @@ const SELECT_SNAPSHOT: &str = select_snapshot!("u.user_id = $1");
 #[derive(Clone)]
 pub struct SqliteStore {
     connections: Arc<Connections>,
-    /// This process's writers, in order (see the module's summary).
-    writer: Arc<tokio::sync::Mutex<()>>,
+    /// This process's writers, in order (see the module's summary), and the one connection they
+    /// write on (opened when first needed, and again after a failure).
+    writer: Arc<tokio::sync::Mutex<Option<AnyConnection>>>,
     /// Conditional writes waiting for the writer lock: whoever takes it writes them all.
     pending: Arc<Mutex<Vec<PendingWrite>>>,
     cache: Arc<SnapshotCache>,
@@ -109,21 +110,35 @@ impl SqliteStore {
     }
 
     async fn insert_user_now(&self, changes: Changes) -> Result<Committed, Error> {
-        // Connection first, then the writer lock: the order `update` takes them in. (The other
-        // order deadlocked: queued writers held every connection.)
-        self.connections
-            .with(async |conn| {
-                let _writer = self.writer.lock().await;
-                let mut tx = conn
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(|e| classify("beginning a transaction", e))?;
-                let inserted = rows::insert_user(&mut tx, &changes, &RowValues::of(&changes)).await;
-                rows::commit_or_roll_back(tx, inserted).await
-            })
-            .await?;
+        self.with_writer(async |conn| {
+            let mut tx = conn
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(|e| classify("beginning a transaction", e))?;
+            let inserted = rows::insert_user(&mut tx, &changes, &RowValues::of(&changes)).await;
+            rows::commit_or_roll_back(tx, inserted).await
+        })
+        .await?;
         self.cache.put(optimistic::state_after(&changes, None, 0));
         Ok(optimistic::committed(changes))
+    }
+
+    /// Runs `work` on the writer connection under the writer lock. After a database failure the
+    /// connection's state is unknown, so it is closed and the next writer opens another.
+    async fn with_writer<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut AnyConnection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut writer = self.writer.lock().await;
+        let conn = match &mut *writer {
+            Some(conn) => conn,
+            empty => empty.insert(self.connections.connect_apart().await?),
+        };
+        let result = work(conn).await;
+        if result.as_ref().is_err_and(Error::is_server_fault) {
+            *writer = None;
+        }
+        result
     }
 
     async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
@@ -138,10 +153,7 @@ impl SqliteStore {
             };
             let rows = RowValues::of(&decision.changes);
             let expected_version = decision.expected_version;
-            let written = self
-                .connections
-                .with(async |conn| self.write(conn, rows, expected_version).await)
-                .await?;
+            let written = self.write(rows, expected_version).await?;
             Ok(if written {
                 Attempt::Written(decision)
             } else {
@@ -154,12 +166,7 @@ impl SqliteStore {
     /// Writes `rows` if the user's row is still at `expected_version`; `false` if it was not. The
     /// write joins those of the commands waiting for the writer lock: the command that takes the
     /// lock writes every waiting one in one transaction, and answers each.
-    async fn write(
-        &self,
-        conn: &mut AnyConnection,
-        rows: RowValues,
-        expected_version: u64,
-    ) -> Result<bool, Error> {
+    async fn write(&self, rows: RowValues, expected_version: u64) -> Result<bool, Error> {
         let (done, mut outcome) = oneshot::channel();
         self.pending
             .lock()
@@ -169,40 +176,42 @@ impl SqliteStore {
                 expected_version,
                 done,
             });
-        let _writer = self.writer.lock().await;
-        // The previous holder of the lock may have written ours already.
-        if let Ok(result) = outcome.try_recv() {
-            return result;
-        }
-        let batch = std::mem::take(&mut *self.pending.lock().expect("pending writes lock"));
-        match write_batch(conn, &batch).await {
-            Ok(written) => {
-                for (write, written) in batch.into_iter().zip(written) {
-                    let _ = write.done.send(Ok(written));
+        self.with_writer(async |conn| {
+            // The previous holder of the lock may have written ours already.
+            if let Ok(result) = outcome.try_recv() {
+                return result;
+            }
+            let batch = std::mem::take(&mut *self.pending.lock().expect("pending writes lock"));
+            match write_batch(conn, &batch).await {
+                Ok(written) => {
+                    for (write, written) in batch.into_iter().zip(written) {
+                        let _ = write.done.send(Ok(written));
+                    }
+                }
+                // One write may be at fault (a value the database refuses): each is then
+                // written in a transaction of its own, so that only the faulty one fails.
+                Err(error) if batch.len() > 1 && !matches!(error, Error::Unavailable(_)) => {
+                    for write in batch {
+                        let alone = write_batch(conn, std::slice::from_ref(&write)).await;
+                        let _ = write.done.send(alone.map(|written| written[0]));
+                    }
+                }
+                Err(error) => {
+                    for write in batch {
+                        let _ = write.done.send(Err(error.clone()));
+                    }
                 }
             }
-            // One write may be at fault (a value the database refuses): each is then written in
-            // a transaction of its own, so that only the faulty one fails.
-            Err(error) if batch.len() > 1 && !matches!(error, Error::Unavailable(_)) => {
-                for write in batch {
-                    let alone = write_batch(conn, std::slice::from_ref(&write)).await;
-                    let _ = write.done.send(alone.map(|written| written[0]));
-                }
-            }
-            Err(error) => {
-                for write in batch {
-                    let _ = write.done.send(Err(error.clone()));
-                }
-            }
-        }
-        outcome
-            .await
-            .map_err(|_| Error::Internal("a pending write was dropped".into()))?
+            (&mut outcome)
+                .await
+                .map_err(|_| Error::Internal("a pending write was dropped".into()))?
+        })
+        .await
     }
 }
 
 /// Most writes in one query: each binds about twenty values, and SQLite takes at most 32,766.
-const WRITES_PER_QUERY: usize = 32;
+const WRITES_PER_QUERY: usize = 8;
 
 /// Writes a batch of conditional writes in one `BEGIN IMMEDIATE` transaction (the write lock is
 /// taken at once: the version checks and the writes after them cannot interleave with another
@@ -443,6 +452,9 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.connections.close().await;
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.close().await;
+        }
     }
 
     async fn ping(&self) -> Result<(), Error> {
