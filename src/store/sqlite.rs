@@ -8,6 +8,13 @@
 //! which polls with sleeps of up to 100 ms; other processes on the same file still meet the busy
 //! timeout. Every operation runs on a task of its own, so it lands whole even when its request
 //! stops waiting.
+//!
+//! sqlx runs each SQLite connection on a thread of its own and every statement is a round trip
+//! to it; those hand-offs, not SQLite's work, were most of a write's cost. So the writers own one
+//! connection apart from the pool (a waiting writer holds no pool connection, and no other
+//! connection's write invalidates its page cache), and a group's transaction travels as one
+//! multi-statement query per 8 writes, in which each write's statements are conditional on its
+//! user's version ([`write_batch`]). Measurements in docs/performance.md.
 
 use std::sync::{Arc, Mutex};
 
