@@ -10,8 +10,9 @@
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
 #
 # A/B of builds: VARIANTS="a=/path/to/totp-service,b=/other/totp-service" runs the Postgres pass
-# once per variant in the order a b … b a (so drift over the run hits each variant alike), each
-# row labelled postgres-<name>; the cold pass and SQLite then run only with the first variant.
+# and the SQLite pass once per variant in the order a b … b a (so drift over the run hits each
+# variant alike), each row labelled postgres-<name> or sqlite-<name>; the cold pass runs only with
+# the first variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,6 +102,28 @@ print(json.dumps({"database": sys.argv[2], "scenario": "check-locked", "protocol
 PY
 }
 
+# Runs the service's pass on database $1 (postgres | sqlite) with the build, or with each variant
+# in the order a b … b a; the rest of the arguments are the service's settings.
+run_each_variant() {
+    local database=$1; shift
+    if [ -z "$VARIANTS" ]; then
+        echo "load on the service ($database) ..." >&2
+        run_service "$database" "$@"
+        return
+    fi
+    local variants order variant name i
+    IFS=, read -r -a variants <<< "$VARIANTS"
+    order=("${variants[@]}")
+    for (( i=${#variants[@]}-1; i>=0; i-- )); do order+=("${variants[i]}"); done
+    for variant in "${order[@]}"; do
+        name=${variant%%=*} service_bin=${variant#*=}
+        echo "load on the service ($database, variant $name: $service_bin) ..." >&2
+        run_service "$database-$name" "$@"
+        rm -rf "${work:?}/$database-$name"
+    done
+    service_bin=${variants[0]#*=}
+}
+
 # ---- Postgres ----------------------------------------------------------------------------------
 # (not indented: the heredoc below must start its lines)
 if [[ ",$DATABASES," == *,postgres,* ]]; then
@@ -146,21 +169,7 @@ measure_ceiling() { # $1 = before | after
 }
 measure_ceiling before
 
-if [ -z "$VARIANTS" ]; then
-    echo "load on the service (Postgres) ..." >&2
-    run_service postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
-else
-    IFS=, read -r -a variants <<< "$VARIANTS"
-    order=("${variants[@]}")
-    for (( i=${#variants[@]}-1; i>=0; i-- )); do order+=("${variants[i]}"); done
-    for variant in "${order[@]}"; do
-        name=${variant%%=*} service_bin=${variant#*=}
-        echo "load on the service (Postgres, variant $name: $service_bin) ..." >&2
-        run_service "postgres-$name" DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
-        rm -rf "${work:?}/postgres-$name"
-    done
-    service_bin=${variants[0]#*=}
-fi
+run_each_variant postgres DATABASE_URL="$database_url" TOTP_DB_MAX_CONNECTIONS=40
 
 # The same targets with the user cache off ("postgres-cold"): every command reads the database
 # first, as when a user has not been seen for a while. At the highest concurrency only.
@@ -181,7 +190,7 @@ if [[ ",$DATABASES," == *,sqlite,* ]]; then
     "$bin/totp-bench" ceiling-sqlite --json --path "$work/ceiling/ceiling.db" --duration "$DURATION" \
         --concurrency "$CONCURRENCY" >> "$results"
     database_pid= database_url=  # SQLite runs inside the service
-    run_service sqlite
+    run_each_variant sqlite
 fi
 
 python3 - "$results" "$(nproc)" <<'PY'

@@ -367,27 +367,33 @@ impl Service {
     }
 
     /// The recovery code hashes of `codes` for `user_id`, computed on the blocking pool, at most
-    /// as many at once as there are cores.
+    /// as many at once as there are cores; a request that waits its turn longer than the request
+    /// timeout is refused with code 4, as one that waits too long for the database.
     async fn hash_off_the_workers(
         &self,
         user_id: &UserId,
         codes: impl IntoIterator<Item = String>,
     ) -> Result<Vec<Option<CodeHash>>, Error> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("the hashing semaphore is closed".into()))?;
         let (user_id, codes): (String, Vec<String>) =
             (user_id.as_str().to_owned(), codes.into_iter().collect());
-        tokio::task::spawn_blocking(move || {
-            codes
-                .iter()
-                .map(|code| recovery::hash(&user_id, code))
-                .collect()
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("hashing recovery codes: {e}")))
+        let hashing = async {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|_| Error::Internal("the hashing semaphore is closed".into()))?;
+            tokio::task::spawn_blocking(move || {
+                codes
+                    .iter()
+                    .map(|code| recovery::hash(&user_id, code))
+                    .collect()
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("hashing recovery codes: {e}")))
+        };
+        tokio::time::timeout(self.settings.request_timeout, hashing)
+            .await
+            .unwrap_or_else(|_| Err(error::TOO_SLOW.into()))
     }
 
     /// AddHumanUser: creates an active user, optionally with an imported, ready TOTP.
