@@ -23,6 +23,12 @@ set -euo pipefail
 command=${1:?usage: ha-cluster.sh up|wait-healthy|primary|kill-primary|switchover|stop-all|start-all|psql|down DIR}
 dir=${2:?the cluster folder}
 shift 2
+# Everything runs from / with the folder by its absolute name: etcd and Patroni run as the
+# postgres user, and Patroni's helper processes fail (and its bootstrap hangs) in a current
+# directory that user cannot enter, such as a root-only clone of the repository.
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+cd /
 nodes=(node1 node2)
 
 pg_bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
@@ -192,6 +198,11 @@ sys.exit(0 if roles == ["Leader", "Sync Standby"] else 1)' \
     done
     echo "the cluster did not become healthy; patronictl says:" >&2
     patronictl_ list >&2 || true
+    local node
+    for node in "${nodes[@]}"; do
+        echo "--- the end of $node's Patroni output and log:" >&2
+        tail -n 15 "$dir/$node.log" "$dir/log-$node/patroni.log" >&2 2>/dev/null || true
+    done
     exit 1
 }
 

@@ -16,13 +16,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a cluster and waits until it has a primary and a synchronous standby.
+    /// Starts a cluster and waits until it has a primary and a synchronous standby. A bring-up
+    /// that fails is taken down before the test fails, so that nothing of it keeps running.
     pub async fn up() -> Cluster {
         let folder = tempfile::Builder::new()
             .prefix("totp-ha-")
             .tempdir()
             .unwrap();
-        run(folder.path(), "up").await;
+        if let Err(failure) = try_run(folder.path(), "up").await {
+            let _ = Command::new(SCRIPT)
+                .args(["down", &folder.path().display().to_string()])
+                .status();
+            panic!("{failure}");
+        }
         let env = std::fs::read_to_string(folder.path().join("env")).unwrap();
         let url = env
             .lines()
@@ -99,19 +105,28 @@ impl Drop for Cluster {
 /// Runs one subcommand of the script on `folder` (off the async workers: some take seconds);
 /// its standard output. Panics with its output when it fails.
 async fn run(folder: &Path, subcommand: &'static str) -> String {
+    try_run(folder, subcommand)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}"))
+}
+
+/// [`run`], answering a failure with the script's output instead of panicking.
+async fn try_run(folder: &Path, subcommand: &'static str) -> Result<String, String> {
     let folder = folder.display().to_string();
     tokio::task::spawn_blocking(move || {
         let output = Command::new(SCRIPT)
             .args([subcommand, &folder])
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "ha-cluster.sh {subcommand} failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        if output.status.success() {
+            Ok(String::from_utf8(output.stdout).unwrap())
+        } else {
+            Err(format!(
+                "ha-cluster.sh {subcommand} failed:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
     })
     .await
     .unwrap()
