@@ -102,7 +102,7 @@ async fn the_image_runs_unprivileged_turns_healthy_serves_keeps_its_keys_and_sto
 }
 
 async fn client(protocol: Protocol, base: &str) -> Client {
-    Client::connect(protocol, base, reqwest::Client::new(), 1)
+    Client::connect(protocol, base, 1)
         .await
         .expect("the container accepts connections")
 }

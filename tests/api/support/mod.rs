@@ -335,7 +335,7 @@ impl Harness {
         tokio::spawn(app.serve(listener, pending()));
         let http = reqwest::Client::builder().http1_only().build().unwrap();
         let base = format!("http://{addr}");
-        let client = totp_client::calls::Client::connect(options.protocol, &base, http.clone(), 1)
+        let client = totp_client::calls::Client::connect(options.protocol, &base, 1)
             .await
             .expect("a client of the server");
         Harness {

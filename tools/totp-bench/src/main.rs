@@ -216,17 +216,13 @@ type Outcome<T> = Result<T, String>;
 
 impl Client {
     async fn new(protocol: Protocol, base: &str, token: &str) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .http1_only()
-            .pool_max_idle_per_host(256)
-            .build()?;
         let wire = match protocol {
             Protocol::Rest => calls::Protocol::Rest,
             Protocol::Grpc => calls::Protocol::Grpc,
             Protocol::GrpcWeb => calls::Protocol::GrpcWeb,
         };
         // A few HTTP/2 connections for gRPC, so one connection's task is not the bottleneck.
-        let calls = calls::Client::connect(wire, base, http, 4)
+        let calls = calls::Client::connect(wire, base, 4)
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(Client {

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
+use bytes::Bytes;
 use http::uri::PathAndQuery;
+use http_body_util::{BodyExt, Full};
 use prost::Message;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -210,7 +212,8 @@ pub struct Client {
     protocol: Protocol,
     /// `http://host:port`, no trailing slash.
     base: String,
-    http: reqwest::Client,
+    /// REST, gRPC-web and Connect: HTTP/1.1 connections kept between calls.
+    http1: Http1,
     /// gRPC only: HTTP/2 connections used in turn.
     connections: Vec<Http2>,
     next_connection: AtomicUsize,
@@ -218,12 +221,11 @@ pub struct Client {
 
 impl Client {
     /// A client of `protocol` for the service at `base` (`http://host:port`). REST, gRPC-web and
-    /// Connect go through `http`; gRPC opens `grpc_connections` HTTP/2 connections (at least one)
-    /// now, and opens one again when it finds it closed.
+    /// Connect open HTTP/1.1 connections as calls need them; gRPC opens `grpc_connections` HTTP/2
+    /// connections (at least one) now, and opens one again when it finds it closed.
     pub async fn connect(
         protocol: Protocol,
         base: &str,
-        http: reqwest::Client,
         grpc_connections: usize,
     ) -> Result<Self, String> {
         let base = base.trim_end_matches('/').to_owned();
@@ -241,8 +243,8 @@ impl Client {
         }
         Ok(Client {
             protocol,
+            http1: Http1::new(&origin)?,
             base,
-            http,
             connections,
             next_connection: AtomicUsize::new(0),
         })
@@ -301,7 +303,8 @@ impl Client {
         }
     }
 
-    /// Sends one HTTP/1.1 request to `path` and reads the whole answer.
+    /// Sends one HTTP/1.1 request to `path` (percent-encoded as a browser would) and reads the
+    /// whole answer.
     pub async fn send(
         &self,
         method: http::Method,
@@ -310,25 +313,28 @@ impl Client {
         content_type: &str,
         body: Option<Vec<u8>>,
     ) -> Result<HttpAnswer, CallError> {
-        let mut builder = self.http.request(method, format!("{}{path}", self.base));
+        let url = url::Url::parse(&format!("{}{path}", self.base)).map_err(transport)?;
+        let target = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header(http::header::HOST, self.http1.authority.as_str());
         if let Some(value) = authorization {
-            builder = builder.header("authorization", value);
+            builder = builder.header(http::header::AUTHORIZATION, value);
         }
-        if let Some(body) = body {
-            builder = builder.header("content-type", content_type).body(body);
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, content_type);
         }
         if content_type.starts_with("application/grpc-web") {
             builder = builder.header("x-grpc-web", "1");
         }
-        let response = builder.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(transport)?.to_vec();
-        Ok(HttpAnswer {
-            status,
-            headers,
-            body,
-        })
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(transport)?;
+        self.http1.send(request).await
     }
 
     async fn grpc<R: Rpc>(
@@ -378,6 +384,82 @@ pub struct HttpAnswer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Vec<u8>,
+}
+
+/// HTTP/1.1 connections to the service, each carrying one call at a time and kept for the next
+/// call when its answer is read. Calls go straight to hyper's connection handle, with none of a
+/// general-purpose client's layers (its pool's bookkeeping, redirects, timeouts): the load
+/// generator shares the cores with the service it measures, so what it spends per call is taken
+/// from the service.
+struct Http1 {
+    /// `host:port`, also the `Host` header.
+    authority: String,
+    idle: Mutex<Vec<Http1Sender>>,
+}
+
+type Http1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Http1 {
+    fn new(origin: &http::Uri) -> Result<Self, String> {
+        let authority = origin
+            .authority()
+            .ok_or_else(|| format!("{origin}: no host"))?;
+        Ok(Http1 {
+            authority: authority.to_string(),
+            idle: Mutex::new(vec![]),
+        })
+    }
+
+    /// Sends `request` on an idle connection, or on a new one when none is idle. A request a kept
+    /// connection could not send (the service had closed it meanwhile) goes again on another:
+    /// it never left, so sending it again cannot repeat it.
+    async fn send(&self, mut request: http::Request<Full<Bytes>>) -> Result<HttpAnswer, CallError> {
+        loop {
+            let kept = self.idle.lock().unwrap().pop();
+            let reused = kept.is_some();
+            let mut sender = match kept {
+                Some(sender) => sender,
+                None => self.open().await?,
+            };
+            if let Err(error) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(transport(error));
+            }
+            let response = match sender.try_send_request(request).await {
+                Ok(response) => response,
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        continue;
+                    }
+                    _ => return Err(transport(failed.into_error())),
+                },
+            };
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(transport)?.to_bytes().to_vec();
+            self.idle.lock().unwrap().push(sender);
+            return Ok(HttpAnswer {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            });
+        }
+    }
+
+    async fn open(&self) -> Result<Http1Sender, CallError> {
+        let stream = tokio::net::TcpStream::connect(self.authority.as_str())
+            .await
+            .map_err(transport)?;
+        stream.set_nodelay(true).map_err(transport)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(transport)?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
 }
 
 /// One HTTP/2 connection for gRPC, made again when found closed. Calls go
