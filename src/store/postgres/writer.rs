@@ -22,6 +22,10 @@
 //! writes them with the cycle's other writes, which costs such a command one queue and one round
 //! trip instead of two of each (measurements in docs/performance.md).
 //!
+//! A write that would be alone in its cycle (the writer is idle) skips the writer's thread: a task
+//! on the service's runtime writes it on a connection kept for lone writes
+//! ([`GroupCommit::write`]), which spares a request at low load two thread wake-ups.
+//!
 //! A statement whose answer was lost with its connection may have been written or not; its
 //! commands are settled apart ([`in_doubt`]) while the writer goes on.
 
@@ -166,12 +170,12 @@ impl Write {
 #[derive(Clone, Debug)]
 pub struct GroupCommit {
     queue: mpsc::Sender<Job>,
-    alone: Arc<Alone>,
+    lone: Arc<LoneWrites>,
 }
 
 /// The connection a write takes when the writer is idle (see [`GroupCommit::write`]).
 #[derive(Debug)]
-struct Alone {
+struct LoneWrites {
     url: String,
     timeout: Duration,
     connection: Arc<Mutex<Option<PgConnection>>>,
@@ -203,17 +207,17 @@ impl GroupCommit {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let alone = Arc::new(Alone {
+        let lone = Arc::new(LoneWrites {
             url: url.to_owned(),
             timeout,
             connection: Arc::default(),
             writer_busy: Arc::default(),
         });
-        let (url, busy) = (url.to_owned(), alone.writer_busy.clone());
+        let (url, busy) = (url.to_owned(), lone.writer_busy.clone());
         std::thread::Builder::new()
             .name("totp-db-writer".into())
             .spawn(move || runtime.block_on(writer(url, timeout, receiver, busy)))?;
-        Ok(GroupCommit { queue, alone })
+        Ok(GroupCommit { queue, lone })
     }
 
     /// Writes `changes` if the user's row is still at `expected_version`; `false` if it was not.
@@ -228,11 +232,11 @@ impl GroupCommit {
     pub async fn write(&self, changes: &Changes, expected_version: u64) -> Result<bool, Error> {
         let (done, outcome) = oneshot::channel();
         let write = Write::new(changes, expected_version, Reply::Written(done));
-        let writer_idle = !self.alone.writer_busy.load(Ordering::Acquire)
+        let writer_idle = !self.lone.writer_busy.load(Ordering::Acquire)
             && self.queue.capacity() == self.queue.max_capacity();
-        match self.alone.connection.clone().try_lock_owned() {
+        match self.lone.connection.clone().try_lock_owned() {
             Ok(connection) if writer_idle => {
-                tokio::spawn(write_alone(self.alone.clone(), connection, write));
+                tokio::spawn(write_alone(self.lone.clone(), connection, write));
             }
             _ => self.send(Job::Write(write))?,
         }
@@ -330,38 +334,39 @@ async fn run_cycle(
     // The statement locks users in this order (see `WRITE_BATCH`).
     batch.sort_unstable_by(|a, b| a.user_id().cmp(b.user_id()));
     let outcomes = write_isolating_failures(connection, url, timeout, &batch).await;
-    let mut unanswered = Vec::new();
-    for (write, outcome) in batch.into_iter().zip(outcomes) {
-        match outcome {
-            Ok(written) => write.reply.send(Ok(written)),
-            Err(Unwritten::Failed(error)) => write.reply.send(Err(error)),
-            Err(Unwritten::InDoubt) => unanswered.push(write),
-        }
-    }
+    let unanswered = answer(batch, outcomes);
     if !unanswered.is_empty() {
         tokio::spawn(in_doubt::resolve(url.to_owned(), timeout, unanswered));
     }
 }
 
+/// Answers each write of `batch` with its outcome; answers the writes in doubt, which are not
+/// answered yet.
+fn answer(batch: Vec<Write>, outcomes: Vec<Result<bool, Unwritten>>) -> Vec<Write> {
+    let mut in_doubt = Vec::new();
+    for (write, outcome) in batch.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(written) => write.reply.send(Ok(written)),
+            Err(Unwritten::Failed(error)) => write.reply.send(Err(error)),
+            Err(Unwritten::InDoubt) => in_doubt.push(write),
+        }
+    }
+    in_doubt
+}
+
 /// Writes `write` by itself on the connection for lone writes, and answers it.
 async fn write_alone(
-    alone: Arc<Alone>,
+    lone: Arc<LoneWrites>,
     mut connection: OwnedMutexGuard<Option<PgConnection>>,
     write: Write,
 ) {
     metrics::histogram!(WRITE_BATCH_SIZE).record(1.0);
-    let batch = std::slice::from_ref(&write);
-    let outcome = write_isolating_failures(&mut connection, &alone.url, alone.timeout, batch)
-        .await
-        .pop()
-        .expect("one outcome per write");
+    let batch = vec![write];
+    let outcomes = write_isolating_failures(&mut connection, &lone.url, lone.timeout, &batch).await;
     drop(connection);
-    match outcome {
-        Ok(written) => write.reply.send(Ok(written)),
-        Err(Unwritten::Failed(error)) => write.reply.send(Err(error)),
-        Err(Unwritten::InDoubt) => {
-            in_doubt::resolve(alone.url.clone(), alone.timeout, vec![write]).await;
-        }
+    let unanswered = answer(batch, outcomes);
+    if !unanswered.is_empty() {
+        in_doubt::resolve(lone.url.clone(), lone.timeout, unanswered).await;
     }
 }
 
