@@ -77,7 +77,7 @@ run_service() { # $1 = label, rest = env assignments; runs $service_bin
 # VM's speed drifts by more than 10 % within seconds, and turns let the drift hit both tools alike.
 # Each run is a row ("rest (wrk)" and "rest (one user)"); the table ends with both medians.
 # unexpected counts any answer but the refusal (HTTP 400 with COMMAND-SF3fg) and socket errors.
-CROSS_CHECK_ROUNDS=${CROSS_CHECK_ROUNDS:-3}
+CROSS_CHECK_ROUNDS=${CROSS_CHECK_ROUNDS:-5}
 wrk_users=
 if [[ ",$PROTOCOLS," == *,rest,* && ",$SCENARIOS," == *,check-locked,* ]]; then
     scripts/install-packages.sh $(command -v wrk >/dev/null || echo wrk) && wrk_users=yes
