@@ -75,7 +75,8 @@ run_service() { # $1 = label, rest = env assignments; runs $service_bin
 # the service refuses (it reads the user, writes nothing), so every request is alike and none needs
 # a fresh code. The two take turns, wrk first, CROSS_CHECK_ROUNDS times each for DURATION: this
 # VM's speed drifts by more than 10 % within seconds, and turns let the drift hit both tools alike.
-# Each run is a row ("rest (wrk)" and "rest (one user)"); the table ends with both medians.
+# Each tool runs one thread (totp-bench's runtime is single-threaded; `wrk -t 1`). Each turn is a
+# row ("rest (wrk)" and "rest (one user)"); the table ends with both medians.
 # unexpected counts any answer but the refusal (HTTP 400 with COMMAND-SF3fg) and socket errors.
 CROSS_CHECK_ROUNDS=${CROSS_CHECK_ROUNDS:-5}
 wrk_users=
