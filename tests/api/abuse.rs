@@ -327,6 +327,11 @@ pub async fn requests_that_take_too_long_are_abandoned(backend: Backend, protoco
 
 /// Waits until a session waits for a lock that the session `holder` holds.
 async fn until_a_session_waits_for(watch: &mut sqlx::PgConnection, holder: i32) {
+    until_sessions_wait_for(watch, holder, 1).await;
+}
+
+/// Waits until `count` sessions wait for locks that the session `holder` holds.
+async fn until_sessions_wait_for(watch: &mut sqlx::PgConnection, holder: i32, count: i64) {
     for _ in 0..200 {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
@@ -335,12 +340,12 @@ async fn until_a_session_waits_for(watch: &mut sqlx::PgConnection, holder: i32) 
         .fetch_one(&mut *watch)
         .await
         .unwrap();
-        if waiting > 0 {
+        if waiting >= count {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
-    panic!("no session ever waited for session {holder}");
+    panic!("{count} sessions never waited for session {holder}");
 }
 
 /// The server process id of a session.
@@ -367,6 +372,7 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
     protocol: Protocol,
 ) {
     let h = Arc::new(Harness::start(options(backend, protocol, 5)).await);
+    let (lone_blocker, lone_blocker_secret) = h.user_with_ready_totp().await;
     let (blocker, blocker_secret) = h.user_with_ready_totp().await;
     let mut pair = vec![
         h.user_with_ready_totp().await,
@@ -404,10 +410,14 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
 
     // The writer waits on the blocker's row while both checks of the pair queue behind it, so
     // they travel together in the next statement.
-    sqlx::raw_sql(&format!("BEGIN; {}", lock(&blocker.id)))
-        .execute(&mut hold_blocker)
-        .await
-        .unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; {}; {}",
+        lock(&lone_blocker.id),
+        lock(&blocker.id)
+    ))
+    .execute(&mut hold_blocker)
+    .await
+    .unwrap();
     sqlx::raw_sql(&format!("BEGIN; {}", lock(&second.id)))
         .execute(&mut foreign)
         .await
@@ -416,8 +426,17 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
         let h = h.clone();
         tokio::spawn(async move { h.check_totp(&h.admin(), &user_id, &code).await })
     };
+    // With the user cache on, a write that finds the writer idle goes alone, on a connection of
+    // its own: a first check, held up on its user's row, keeps that connection busy, so that the
+    // blocker's check goes to the writer.
+    let lone = matches!(backend, Backend::Postgres)
+        .then(|| check(lone_blocker.id.clone(), h.code(&lone_blocker_secret, 0)));
+    if lone.is_some() {
+        until_a_session_waits_for(&mut watch, blocker_session).await;
+    }
     let blocked = check(blocker.id.clone(), h.code(&blocker_secret, 0));
-    until_a_session_waits_for(&mut watch, blocker_session).await;
+    let held_up = if lone.is_some() { 2 } else { 1 };
+    until_sessions_wait_for(&mut watch, blocker_session, held_up).await;
     let checks = [
         check(first.id.clone(), h.code(&first_secret, 0)),
         check(second.id.clone(), h.code(&second_secret, 0)),
@@ -429,6 +448,9 @@ pub async fn a_batch_aborted_to_break_a_deadlock_is_decided_again(
         .await
         .unwrap();
     assert_eq!(blocked.await.unwrap().unwrap().details.unwrap().sequence, 4);
+    if let Some(lone) = lone {
+        assert_eq!(lone.await.unwrap().unwrap().details.unwrap().sequence, 4);
+    }
 
     // The pair's statement holds `first` and waits for `second`, held by the foreign session,
     // which now asks for `first`: a cycle. The writer's deadlock check runs first and aborts its
