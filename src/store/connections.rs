@@ -121,14 +121,6 @@ impl Connections {
         ConnectionStats { in_use, idle }
     }
 
-    /// A new connection of the pool's database and settings that the pool does not manage (the
-    /// SQLite store's own writer connection).
-    pub async fn connect_apart(&self) -> Result<AnyConnection, Error> {
-        connect(&self.url, self.setup)
-            .await
-            .map_err(|e| classify("opening a database connection", e))
-    }
-
     /// Refuses further leases and closes the idle connections (the leased ones close when their
     /// lease ends).
     pub async fn close(&self) {

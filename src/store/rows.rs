@@ -30,7 +30,8 @@ macro_rules! select_snapshot {
 }
 pub(super) use select_snapshot;
 
-const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
+/// Inserts a user at version 0 unless its id is taken (`$1`–`$13`: a [`NewUserRow`]).
+pub(super) const INSERT_USER: &str = "INSERT INTO users (user_id, resource_owner, username, email, \
      email_verified, profile, state, sequence, created_at, change_date, failed_attempts, \
      locked_until, recovery_codes, version) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0) \
@@ -160,6 +161,47 @@ impl PutTotp {
     }
 }
 
+/// A new user's row, in the order [`INSERT_USER`] binds it.
+#[derive(Debug)]
+pub(super) struct NewUserRow {
+    pub user_id: String,
+    pub resource_owner: String,
+    pub username: String,
+    pub email: String,
+    pub email_verified: i64,
+    pub profile: String,
+    pub state: &'static str,
+    pub sequence: i64,
+    pub created_at: i64,
+    pub change_date: i64,
+    pub failed_attempts: i64,
+    pub locked_until: Option<i64>,
+    pub recovery_codes: String,
+}
+
+impl NewUserRow {
+    /// The user row that `changes` creates.
+    pub fn of(changes: &Changes) -> Result<NewUserRow, Error> {
+        let user = &changes.user;
+        Ok(NewUserRow {
+            user_id: user.user_id.clone(),
+            resource_owner: user.resource_owner.clone(),
+            username: user.username.clone(),
+            email: user.email.clone(),
+            email_verified: i64::from(user.email_verified),
+            profile: serde_json::to_string(&user.profile)
+                .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?,
+            state: user.state.as_str(),
+            sequence: user.sequence as i64,
+            created_at: user.created_at.0,
+            change_date: user.change_date.0,
+            failed_attempts: i64::from(user.failed_attempts),
+            locked_until: user.locked_until.map(|t| t.0),
+            recovery_codes: encode_code_hashes(&user.recovery_codes),
+        })
+    }
+}
+
 /// `($first, $first+1, …)`: `count` parameters.
 fn placeholders(first: usize, count: usize) -> String {
     let list: Vec<String> = (first..first + count).map(|n| format!("${n}")).collect();
@@ -246,23 +288,21 @@ pub(super) async fn insert_user(
     changes: &Changes,
     rows: &RowValues,
 ) -> Result<(), Error> {
-    let user = &changes.user;
-    let profile = serde_json::to_string(&user.profile)
-        .map_err(|e| Error::Internal(format!("encoding a profile: {e}")))?;
+    let user = NewUserRow::of(changes)?;
     let inserted = sqlx::query(INSERT_USER)
-        .bind(user.user_id.clone())
-        .bind(user.resource_owner.clone())
-        .bind(user.username.clone())
-        .bind(user.email.clone())
-        .bind(i64::from(user.email_verified))
-        .bind(profile)
-        .bind(user.state.as_str())
-        .bind(user.sequence as i64)
-        .bind(user.created_at.0)
-        .bind(user.change_date.0)
-        .bind(i64::from(user.failed_attempts))
-        .bind(user.locked_until.map(|t| t.0))
-        .bind(encode_code_hashes(&user.recovery_codes))
+        .bind(user.user_id)
+        .bind(user.resource_owner)
+        .bind(user.username)
+        .bind(user.email)
+        .bind(user.email_verified)
+        .bind(user.profile)
+        .bind(user.state)
+        .bind(user.sequence)
+        .bind(user.created_at)
+        .bind(user.change_date)
+        .bind(user.failed_attempts)
+        .bind(user.locked_until)
+        .bind(user.recovery_codes)
         .execute(&mut *conn)
         .await
         .map_err(|e| classify("inserting a user", e))?;
@@ -274,7 +314,7 @@ pub(super) async fn insert_user(
         };
     }
     insert_events(conn, rows).await?;
-    write_totp(conn, &user.user_id, &rows.totp).await
+    write_totp(conn, &rows.user.user_id, &rows.totp).await
 }
 
 /// Whether the events of `rows` (found by their user, first sequence and command id) are stored.

@@ -1,0 +1,328 @@
+//! The SQLite writer: one thread of its own, owning the one connection that every write of this
+//! process goes through, which writes whatever has queued up meanwhile in one `BEGIN IMMEDIATE`
+//! transaction (one commit and one sync for the lot).
+//!
+//! The thread talks to SQLite through rusqlite, in place: a write's statements (the user's
+//! conditional update, then its events and TOTP change only if the update happened) are plain
+//! function calls. Through sqlx each statement was a round trip to the connection's own thread,
+//! and those hand-offs cost more than SQLite's work (docs/performance.md). Both libraries link the
+//! same SQLite (`libsqlite3-sys`, bundled); sqlx keeps the readers, the migrations and the rest.
+//!
+//! A request hands its write over a channel and waits for the answer: the thread wakes once per
+//! group, not once per statement. A write that fails (a value the database refuses) fails its
+//! group, which is then written again one write per transaction, so that only the faulty one
+//! fails; after a database failure the connection is closed and the next group opens another.
+
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, ErrorCode, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::CONNECTION_SETUP;
+use crate::domain::error::Error;
+use crate::store::is_transient;
+use crate::store::rows::{
+    EVENT_COLUMNS, INSERT_USER, NewUserRow, RowValues, TOTP_COLUMNS, TOTP_ON_CONFLICT, TotpRow,
+};
+
+/// Most writes in one transaction: a bound on how long one commit keeps the others waiting.
+const MOST_WRITES_PER_GROUP: usize = 256;
+
+const UPDATE_USER: &str = "UPDATE users SET state = ?1, sequence = ?2, change_date = ?3, \
+     failed_attempts = ?4, locked_until = ?5, recovery_codes = ?6, version = version + 1 \
+     WHERE user_id = ?7 AND version = ?8";
+
+static INSERT_EVENT: LazyLock<String> = LazyLock::new(|| {
+    format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+});
+
+static PUT_TOTP: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO totp ({TOTP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+         {TOTP_ON_CONFLICT}"
+    )
+});
+
+/// The writer thread's end of the channel, and the thread.
+pub(super) struct Writer {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A write waiting for the writer, and where its answer goes: whether it happened (an update
+/// does not when the user's row is no longer at the version it expects, an insert when the id is
+/// taken).
+struct Job {
+    write: Write,
+    done: oneshot::Sender<Result<bool, Error>>,
+}
+
+/// The rows one command writes.
+pub(super) enum Write {
+    /// A decision's rows, on the condition that the user is still at `expected_version`.
+    Update {
+        rows: RowValues,
+        expected_version: u64,
+    },
+    /// A new user with its first events and TOTP.
+    Insert {
+        user: Box<NewUserRow>,
+        rows: RowValues,
+    },
+}
+
+impl Writer {
+    /// Starts the thread for the SQLite file at `path` (which must exist: the pool created it).
+    pub fn start(path: PathBuf) -> std::io::Result<Writer> {
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_until_closed(&path, queue))?;
+        Ok(Writer {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Writes `write` together with whatever else is waiting; answers whether it happened.
+    pub async fn write(&self, write: Write) -> Result<bool, Error> {
+        let (done, answer) = oneshot::channel();
+        let sent = match &*self.jobs.lock().expect("writer channel lock") {
+            Some(jobs) => jobs.send(Job { write, done }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::Unavailable("the store is closed".into()));
+        }
+        answer
+            .await
+            .map_err(|_| Error::Internal("the SQLite writer stopped".into()))?
+    }
+
+    /// Lets the thread write what is queued, then waits for it to stop.
+    pub async fn close(&self) {
+        self.jobs.lock().expect("writer channel lock").take();
+        let thread = self.thread.lock().expect("writer thread lock").take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+/// The thread: takes the next job and every job queued behind it, writes them, answers them;
+/// until the channel closes and the queue is empty.
+fn write_until_closed(path: &Path, queue: mpsc::Receiver<Job>) {
+    let mut connection: Option<Connection> = None;
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        group.extend(queue.try_iter().take(MOST_WRITES_PER_GROUP - 1));
+        let conn = match &mut connection {
+            Some(conn) => conn,
+            empty => match open(path) {
+                Ok(conn) => empty.insert(conn),
+                Err(error) => {
+                    answer_all(group, &error);
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = write_and_answer(conn, group)
+            && error.is_server_fault()
+        {
+            connection = None;
+        }
+    }
+}
+
+/// Writes `group` in one transaction, or each job alone when that fails (see the module's
+/// summary), and answers every job; answers the last failure.
+fn write_and_answer(conn: &mut Connection, group: Vec<Job>) -> Result<(), Error> {
+    match write_group(conn, &group) {
+        Ok(written) => {
+            for (job, written) in group.into_iter().zip(written) {
+                let _ = job.done.send(Ok(written));
+            }
+            Ok(())
+        }
+        Err(error) if group.len() > 1 && !matches!(error, Error::Unavailable(_)) => {
+            let mut last = Ok(());
+            for job in group {
+                let alone = write_group(conn, std::slice::from_ref(&job));
+                if let Err(error) = &alone {
+                    last = Err(error.clone());
+                }
+                let _ = job.done.send(alone.map(|written| written[0]));
+            }
+            last
+        }
+        Err(error) => {
+            answer_all(group, &error);
+            Err(error)
+        }
+    }
+}
+
+fn answer_all(group: Vec<Job>, error: &Error) {
+    for job in group {
+        let _ = job.done.send(Err(error.clone()));
+    }
+}
+
+/// Opens the file with the same settings as the pool's connections.
+fn open(path: &Path) -> Result<Connection, Error> {
+    let conn = Connection::open(path).map_err(|e| classify("opening the SQLite file", e))?;
+    conn.execute_batch(&CONNECTION_SETUP.join(";\n"))
+        .map_err(|e| classify("setting up the SQLite writer", e))?;
+    Ok(conn)
+}
+
+/// Writes every job of `group` in one `BEGIN IMMEDIATE` transaction (the write lock is taken at
+/// once, so the version checks and the writes after them cannot interleave with another
+/// process's writer); answers whether each happened. A failed statement rolls back the lot.
+fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<bool>, Error> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| classify("beginning a transaction", e))?;
+    let written = group
+        .iter()
+        .map(|job| match &job.write {
+            Write::Update {
+                rows,
+                expected_version,
+            } => update(&tx, rows, *expected_version),
+            Write::Insert { user, rows } => insert(&tx, user, rows),
+        })
+        .collect::<Result<Vec<bool>, Error>>()?;
+    tx.commit().map_err(|e| classify("committing", e))?;
+    Ok(written)
+}
+
+/// Updates the user's row if it is still at `expected_version`, and only then appends the events
+/// and applies the TOTP change.
+fn update(conn: &Connection, rows: &RowValues, expected_version: u64) -> Result<bool, Error> {
+    let user = &rows.user;
+    let updated = conn
+        .prepare_cached(UPDATE_USER)
+        .and_then(|mut statement| {
+            statement.execute(params![
+                user.state,
+                user.sequence,
+                user.change_date,
+                user.failed_attempts,
+                user.locked_until,
+                user.recovery_codes,
+                user.user_id,
+                expected_version as i64,
+            ])
+        })
+        .map_err(|e| classify("updating a user", e))?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    append_events(conn, rows)?;
+    change_totp(conn, rows)?;
+    Ok(true)
+}
+
+/// Inserts a new user and its first rows, unless the id is taken.
+fn insert(conn: &Connection, user: &NewUserRow, rows: &RowValues) -> Result<bool, Error> {
+    let inserted = conn
+        .prepare_cached(INSERT_USER)
+        .and_then(|mut statement| {
+            statement.execute(params![
+                user.user_id,
+                user.resource_owner,
+                user.username,
+                user.email,
+                user.email_verified,
+                user.profile,
+                user.state,
+                user.sequence,
+                user.created_at,
+                user.change_date,
+                user.failed_attempts,
+                user.locked_until,
+                user.recovery_codes,
+            ])
+        })
+        .map_err(|e| classify("inserting a user", e))?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    append_events(conn, rows)?;
+    change_totp(conn, rows)?;
+    Ok(true)
+}
+
+fn append_events(conn: &Connection, rows: &RowValues) -> Result<(), Error> {
+    if rows.events.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn
+        .prepare_cached(&INSERT_EVENT)
+        .map_err(|e| classify("appending events", e))?;
+    for event in &rows.events {
+        statement
+            .execute(params![
+                rows.user.user_id,
+                event.sequence,
+                event.event_type,
+                event.payload,
+                event.resource_owner,
+                event.creator,
+                event.created_at,
+                rows.command_id,
+            ])
+            .map_err(|e| classify("appending events", e))?;
+    }
+    Ok(())
+}
+
+fn change_totp(conn: &Connection, rows: &RowValues) -> Result<(), Error> {
+    let user_id = &rows.user.user_id;
+    match &rows.totp {
+        TotpRow::Keep => Ok(()),
+        TotpRow::Put(put) => conn
+            .prepare_cached(&PUT_TOTP)
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    user_id,
+                    put.state,
+                    put.key_id,
+                    put.secret_sealed,
+                    put.digits,
+                    put.period,
+                    put.algorithm,
+                    put.last_used_step,
+                    put.created_at,
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| classify("storing the TOTP", e)),
+        TotpRow::Delete => conn
+            .prepare_cached("DELETE FROM totp WHERE user_id = ?1")
+            .and_then(|mut statement| statement.execute(params![user_id]))
+            .map(|_| ())
+            .map_err(|e| classify("removing the TOTP", e)),
+    }
+}
+
+/// Sorts a SQLite failure as the sqlx side does ([`crate::store::classify`]): busy and locked
+/// (the file's write lock held elsewhere past the busy timeout) and a file that cannot be opened
+/// are "unreachable, try again" (14); the rest is unexpected (13).
+fn classify(context: &str, err: rusqlite::Error) -> Error {
+    let try_again = match &err {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            failure.code == ErrorCode::CannotOpen
+                || is_transient(&failure.extended_code.to_string())
+        }
+        _ => false,
+    };
+    if try_again {
+        Error::Unavailable(format!("{context}: {err}"))
+    } else {
+        Error::Internal(format!("{context}: {err}"))
+    }
+}
