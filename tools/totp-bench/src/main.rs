@@ -3,8 +3,9 @@
 //! drives each scenario over REST, gRPC and gRPC-web at each concurrency for a fixed time and
 //! prints requests/s, latency percentiles and the count of every outcome; an outcome other than
 //! the scenario's expected one is counted as unexpected. `ceiling-sqlite` measures the SQLite
-//! ceiling: a loop of the service's own write transaction, without the service. `soak` holds
-//! several instances under a steady mixed load for a long time (see [`soak`]).
+//! ceiling: a loop of the service's own write transaction, without the service, driving SQLite in
+//! place as the service's writer does. `soak` holds several instances under a steady mixed load
+//! for a long time (see [`soak`]).
 //!
 //! Its calls go through the shared client of `totp-client` ([`totp_client::calls`]), the one the
 //! integration tests use. Usually run by `scripts/bench.sh`, which starts the database and the
@@ -781,12 +782,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 // ---- the SQLite ceiling -------------------------------------------------------------------------
 
+/// Rows the SQLite ceiling writes to, taken in turn.
+const CEILING_ROWS: i64 = 10_000;
+
 async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
     use totp_service::store::{self, StoreOptions};
-    let url = format!("sqlite://{}?mode=rwc", args.path.display());
-    // The service's schema and settings (WAL is kept in the file), then a plain sqlx pool.
+    // The service's schema and settings (WAL is kept in the file).
     store::open(&StoreOptions {
-        url: url.clone(),
+        url: format!("sqlite://{}?mode=rwc", args.path.display()),
         max_connections: Some(1),
         acquire_timeout: Duration::from_secs(30),
         write_timeout: Duration::from_secs(30),
@@ -797,82 +800,15 @@ async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
     .context("opening the SQLite file")?
     .close()
     .await;
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(8)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::Executor::execute(conn, "PRAGMA busy_timeout = 10000").await?;
-                Ok(())
-            })
-        })
-        .connect(&url)
-        .await?;
-    const ROWS: i64 = 10_000;
-    let mut tx = pool.begin().await?;
-    for n in 0..ROWS {
-        sqlx::query("INSERT INTO users (user_id, resource_owner, username, email, email_verified, profile, state, sequence, created_at, change_date, failed_attempts, version) VALUES ($1, 'bench', $1, $1, 0, '{}', 'active', 1, 0, 0, 0, 0)")
-            .bind(format!("ceiling-{n}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) VALUES ($1, 'ready', 'k', $2, 6, 30, 0, 0)")
-            .bind(format!("ceiling-{n}"))
-            .bind(vec![0u8; 48])
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+    let path = args.path.clone();
+    tokio::task::spawn_blocking(move || seed_ceiling_rows(&path)).await??;
     for &concurrency in &args.concurrency {
-        let deadline = Instant::now() + args.duration;
-        let started = Instant::now();
-        let mut workers = JoinSet::new();
-        for worker in 0..concurrency {
-            let pool = pool.clone();
-            workers.spawn(async move {
-                let mut latencies = vec![];
-                let mut n = worker as i64;
-                while Instant::now() < deadline {
-                    let sent = Instant::now();
-                    let user_id = format!("ceiling-{}", n % ROWS);
-                    n += concurrency as i64;
-                    // The service's write shape: read the snapshot, then one immediate transaction
-                    // with the conditional user update, an event and the TOTP row.
-                    let row = sqlx::query("SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = $1")
-                        .bind(user_id.clone())
-                        .fetch_one(&pool)
-                        .await?;
-                    let version: i64 = sqlx::Row::try_get(&row, 0)?;
-                    let sequence: i64 = sqlx::Row::try_get(&row, 1)?;
-                    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                    let updated = sqlx::query("UPDATE users SET sequence = $2, change_date = $3, version = version + 1 WHERE user_id = $1 AND version = $4")
-                        .bind(user_id.clone())
-                        .bind(sequence + 1)
-                        .bind(0i64)
-                        .bind(version)
-                        .execute(&mut *tx)
-                        .await?;
-                    if updated.rows_affected() == 1 {
-                        sqlx::query("INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) VALUES ($1, $2, 'bench', '{}', 'bench', 'bench', 0)")
-                            .bind(user_id.clone())
-                            .bind(sequence + 1)
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id = $1")
-                            .bind(user_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await?;
-                    latencies.push(sent.elapsed().as_micros() as u64);
-                }
-                Ok::<_, sqlx::Error>(latencies)
-            });
-        }
-        let mut latencies = vec![];
-        while let Some(done) = workers.join_next().await {
-            latencies.extend(done??);
-        }
+        let path = args.path.clone();
+        let duration = args.duration;
+        let (mut latencies, seconds) =
+            tokio::task::spawn_blocking(move || ceiling_loop(&path, concurrency, duration))
+                .await??;
         latencies.sort_unstable();
-        let seconds = started.elapsed().as_secs_f64();
         let line = serde_json::json!({
             "ceiling": "sqlite",
             "concurrency": concurrency,
@@ -891,6 +827,95 @@ async fn ceiling_sqlite(args: CeilingArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A connection as the service's writer opens one (its settings, a busy timeout for waiting on
+/// the other connections' write lock).
+fn ceiling_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA cache_size = -1024")?;
+    Ok(conn)
+}
+
+fn seed_ceiling_rows(path: &std::path::Path) -> anyhow::Result<()> {
+    let mut conn = ceiling_connection(path)?;
+    let tx = conn.transaction()?;
+    for n in 0..CEILING_ROWS {
+        let user_id = format!("ceiling-{n}");
+        tx.execute(
+            "INSERT INTO users (user_id, resource_owner, username, email, email_verified, profile, state, sequence, created_at, change_date, failed_attempts, version) VALUES (?1, 'bench', ?1, ?1, 0, '{}', 'active', 1, 0, 0, 0, 0)",
+            rusqlite::params![user_id],
+        )?;
+        tx.execute(
+            "INSERT INTO totp (user_id, state, key_id, secret_sealed, digits, period, last_used_step, created_at) VALUES (?1, 'ready', 'k', ?2, 6, 30, 0, 0)",
+            rusqlite::params![user_id, vec![0u8; 48]],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// `concurrency` threads, each on a connection of its own, run the service's write shape for
+/// `duration`: read the user and its TOTP, then one immediate transaction with the conditional
+/// user update, an event and the TOTP row. SQLite driven in place (rusqlite, prepared statements
+/// kept), as the service's writer drives it. Answers every transaction's latency in µs and the
+/// seconds taken.
+fn ceiling_loop(
+    path: &std::path::Path,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(Vec<u64>, f64)> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let latencies = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|worker| {
+                scope.spawn(move || -> anyhow::Result<Vec<u64>> {
+                    let mut conn = ceiling_connection(path)?;
+                    let mut latencies = vec![];
+                    let mut n = worker as i64;
+                    while Instant::now() < deadline {
+                        let sent = Instant::now();
+                        let user_id = format!("ceiling-{}", n % CEILING_ROWS);
+                        n += concurrency as i64;
+                        ceiling_transaction(&mut conn, &user_id)?;
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = vec![];
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a ceiling thread panicked"))??,
+            );
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    Ok((latencies, started.elapsed().as_secs_f64()))
+}
+
+fn ceiling_transaction(conn: &mut rusqlite::Connection, user_id: &str) -> rusqlite::Result<()> {
+    let (version, sequence): (i64, i64) = conn
+        .prepare_cached("SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = ?1")?
+        .query_row(rusqlite::params![user_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let updated = tx
+        .prepare_cached("UPDATE users SET sequence = ?2, change_date = ?3, version = version + 1 WHERE user_id = ?1 AND version = ?4")?
+        .execute(rusqlite::params![user_id, sequence + 1, 0i64, version])?;
+    if updated == 1 {
+        tx.prepare_cached("INSERT INTO events (user_id, sequence, event_type, payload, resource_owner, creator, created_at) VALUES (?1, ?2, 'bench', '{}', 'bench', 'bench', 0)")?
+            .execute(rusqlite::params![user_id, sequence + 1])?;
+        tx.prepare_cached(
+            "UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id = ?1",
+        )?
+        .execute(rusqlite::params![user_id])?;
+    }
+    tx.commit()
 }
 
 // One thread: the generator shares the machine with the service and the database, and on one
