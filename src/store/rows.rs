@@ -162,7 +162,6 @@ impl PutTotp {
 }
 
 /// A new user's row, in the order [`INSERT_USER`] binds it.
-#[derive(Debug)]
 pub(super) struct NewUserRow {
     pub user_id: String,
     pub resource_owner: String,

@@ -326,3 +326,143 @@ fn classify(context: &str, err: rusqlite::Error) -> Error {
         Error::Internal(format!("{context}: {err}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::StoreOptions;
+    use crate::store::rows::{EventRow, UserRow};
+
+    /// A file with the service's schema and `users` at version 0, none with events.
+    async fn database_with(users: &[&str]) -> (tempfile::TempDir, PathBuf) {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("totp.db");
+        sqlx::any::install_default_drivers();
+        let store = super::super::SqliteStore::open(&StoreOptions {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            max_connections: Some(1),
+            acquire_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            cache_capacity: 0,
+            queue_capacity: 8,
+        })
+        .await
+        .unwrap();
+        crate::domain::store::Store::close(&store).await;
+        let conn = Connection::open(&path).unwrap();
+        for user in users {
+            conn.execute(
+                "INSERT INTO users (user_id, resource_owner, username, email, email_verified, \
+                 profile, state, sequence, created_at, change_date, version) \
+                 VALUES (?1, 'org', ?1, ?1, 0, '{}', 'active', 0, 0, 0, 0)",
+                params![user],
+            )
+            .unwrap();
+        }
+        (folder, path)
+    }
+
+    /// A change of `user`'s row from `expected_version` with one event.
+    fn one_event(user: &str, expected_version: u64) -> Write {
+        Write::Update {
+            rows: RowValues {
+                command_id: format!("command-{user}"),
+                user: UserRow {
+                    user_id: user.to_owned(),
+                    state: "active",
+                    sequence: 1,
+                    change_date: 1,
+                    failed_attempts: 0,
+                    locked_until: None,
+                    recovery_codes: String::new(),
+                },
+                events: vec![EventRow {
+                    sequence: 1,
+                    event_type: "user.human.mfa.otp.check.succeeded",
+                    payload: "{}".into(),
+                    resource_owner: "org".into(),
+                    creator: "test".into(),
+                    created_at: 1,
+                }],
+                totp: TotpRow::Keep,
+            },
+            expected_version,
+        }
+    }
+
+    fn version_and_events(path: &Path, user: &str) -> (i64, i64) {
+        let conn = Connection::open(path).unwrap();
+        conn.query_row(
+            "SELECT version, (SELECT count(*) FROM events WHERE user_id = ?1) FROM users \
+             WHERE user_id = ?1",
+            params![user],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap()
+    }
+
+    /// Writes waiting together go in one transaction; one the database refuses fails alone and
+    /// leaves nothing behind, the others land, and a write whose version moved on is answered
+    /// "not written".
+    #[tokio::test]
+    async fn a_refused_write_fails_alone_and_the_rest_of_its_group_lands() {
+        let users = ["first", "a", "b", "refused", "c"];
+        let (_folder, path) = database_with(&users).await;
+        let outside = Connection::open(&path).unwrap();
+        outside
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.user_id = 'refused' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            )
+            .unwrap();
+        let writer = Arc::new(Writer::start(path.clone()).unwrap());
+        // Another connection holds the write lock, so that the writer, busy with the first
+        // write, lets the others queue up into one group behind it.
+        outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.write(one_event("first", 0)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut group = vec![];
+        for (user, version) in [("a", 0), ("b", 0), ("refused", 0), ("c", 0), ("a", 0)] {
+            let writer = writer.clone();
+            group.push(tokio::spawn(async move {
+                writer.write(one_event(user, version)).await
+            }));
+            // In this order: the second write of "a" comes after the first.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        outside.execute_batch("COMMIT").unwrap();
+        assert_eq!(first.await.unwrap(), Ok(true));
+        let mut answers = vec![];
+        for write in group {
+            answers.push(write.await.unwrap());
+        }
+        assert_eq!(answers[0], Ok(true), "a");
+        assert_eq!(answers[1], Ok(true), "b");
+        assert!(
+            matches!(&answers[2], Err(Error::Internal(message)) if message.contains("refused by the test")),
+            "{:?}",
+            answers[2]
+        );
+        assert_eq!(answers[3], Ok(true), "c");
+        assert_eq!(
+            answers[4],
+            Ok(false),
+            "a again, from the version it had moved on from"
+        );
+        for user in ["first", "a", "b", "c"] {
+            assert_eq!(version_and_events(&path, user), (1, 1), "{user}");
+        }
+        assert_eq!(version_and_events(&path, "refused"), (0, 0));
+        writer.close().await;
+        assert_eq!(
+            writer.write(one_event("b", 1)).await,
+            Err(Error::Unavailable("the store is closed".into()))
+        );
+    }
+}
