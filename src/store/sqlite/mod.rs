@@ -34,7 +34,7 @@ use writer::{Write, Writer};
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Pool size when none is configured: a SQLite connection has a thread and a page cache of its
-/// own, and only one writes at a time.
+/// own, and the pool only reads (the writer has a connection of its own).
 pub const DEFAULT_POOL_SIZE: u32 = 8;
 
 /// Each connection's settings: WAL lets readers run beside the single writer; the busy timeout
@@ -65,6 +65,15 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating it if needed, with `?mode=rwc`) and migrates the file of `options.url`.
     pub async fn open(options: &StoreOptions) -> anyhow::Result<Self> {
+        let options_of_url = SqliteConnectOptions::from_str(&options.url)
+            .context("reading the SQLite database URL")?;
+        anyhow::ensure!(
+            !options_of_url
+                .get_filename()
+                .to_string_lossy()
+                .starts_with("file:sqlx-in-memory"),
+            "an in-memory SQLite database cannot be shared by the writer's connection: use a file"
+        );
         let connections = Connections::open(
             &options.url,
             CONNECTION_SETUP,
@@ -80,15 +89,6 @@ impl SqliteStore {
                     .map_err(|e| Error::Internal(format!("applying the migrations: {e}")))
             })
             .await?;
-        let options_of_url = SqliteConnectOptions::from_str(&options.url)
-            .context("reading the SQLite database URL")?;
-        anyhow::ensure!(
-            !options_of_url
-                .get_filename()
-                .to_string_lossy()
-                .starts_with("file:sqlx-in-memory"),
-            "an in-memory SQLite database cannot be shared by the writer's connection: use a file"
-        );
         let writer = Writer::start(options_of_url.get_filename().to_owned())
             .context("starting the SQLite writer's thread")?;
         Ok(SqliteStore {
@@ -216,5 +216,29 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), Error> {
         connections::ping(&self.connections, &self.admitted).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The pool's connections and the writer's would each see a database of their own.
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused() {
+        sqlx::any::install_default_drivers();
+        let refused = SqliteStore::open(&StoreOptions {
+            url: "sqlite::memory:".into(),
+            max_connections: Some(1),
+            acquire_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            cache_capacity: 0,
+            queue_capacity: 8,
+        })
+        .await;
+        let message = refused.err().expect("refused").to_string();
+        assert!(message.contains("in-memory"), "{message}");
     }
 }
