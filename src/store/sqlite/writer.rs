@@ -187,24 +187,33 @@ fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<bool>, Error>
         .map_err(|e| classify("beginning a transaction", e))?;
     let written = group
         .iter()
-        .map(|job| match &job.write {
-            Write::Update {
-                rows,
-                expected_version,
-            } => update(&tx, rows, *expected_version),
-            Write::Insert { user, rows } => insert(&tx, user, rows),
-        })
+        .map(|job| write_one(&tx, &job.write))
         .collect::<Result<Vec<bool>, Error>>()?;
     tx.commit().map_err(|e| classify("committing", e))?;
     Ok(written)
 }
 
-/// Updates the user's row if it is still at `expected_version`, and only then appends the events
-/// and applies the TOTP change.
-fn update(conn: &Connection, rows: &RowValues, expected_version: u64) -> Result<bool, Error> {
+/// Writes the user's row (an update if the row is still at the version expected, an insert
+/// unless the id is taken) and, only if that happened, the events and the TOTP change.
+fn write_one(conn: &Connection, write: &Write) -> Result<bool, Error> {
+    let (user_row_written, rows) = match write {
+        Write::Update {
+            rows,
+            expected_version,
+        } => (update_user(conn, rows, *expected_version)?, rows),
+        Write::Insert { user, rows } => (insert_user(conn, user)?, rows),
+    };
+    if !user_row_written {
+        return Ok(false);
+    }
+    append_events(conn, rows)?;
+    change_totp(conn, rows)?;
+    Ok(true)
+}
+
+fn update_user(conn: &Connection, rows: &RowValues, expected_version: u64) -> Result<bool, Error> {
     let user = &rows.user;
-    let updated = conn
-        .prepare_cached(UPDATE_USER)
+    conn.prepare_cached(UPDATE_USER)
         .and_then(|mut statement| {
             statement.execute(params![
                 user.state,
@@ -217,19 +226,12 @@ fn update(conn: &Connection, rows: &RowValues, expected_version: u64) -> Result<
                 expected_version as i64,
             ])
         })
-        .map_err(|e| classify("updating a user", e))?;
-    if updated == 0 {
-        return Ok(false);
-    }
-    append_events(conn, rows)?;
-    change_totp(conn, rows)?;
-    Ok(true)
+        .map(|updated| updated == 1)
+        .map_err(|e| classify("updating a user", e))
 }
 
-/// Inserts a new user and its first rows, unless the id is taken.
-fn insert(conn: &Connection, user: &NewUserRow, rows: &RowValues) -> Result<bool, Error> {
-    let inserted = conn
-        .prepare_cached(INSERT_USER)
+fn insert_user(conn: &Connection, user: &NewUserRow) -> Result<bool, Error> {
+    conn.prepare_cached(INSERT_USER)
         .and_then(|mut statement| {
             statement.execute(params![
                 user.user_id,
@@ -247,13 +249,8 @@ fn insert(conn: &Connection, user: &NewUserRow, rows: &RowValues) -> Result<bool
                 user.recovery_codes,
             ])
         })
-        .map_err(|e| classify("inserting a user", e))?;
-    if inserted == 0 {
-        return Ok(false);
-    }
-    append_events(conn, rows)?;
-    change_totp(conn, rows)?;
-    Ok(true)
+        .map(|inserted| inserted == 1)
+        .map_err(|e| classify("inserting a user", e))
 }
 
 fn append_events(conn: &Connection, rows: &RowValues) -> Result<(), Error> {
