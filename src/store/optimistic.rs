@@ -4,6 +4,7 @@
 //! may rest on the cached state ([`SnapshotCache`]); a refusal decided on it is never answered
 //! (it writes nothing, and the cache may be behind), so the command decides again on a read.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,42 @@ pub(super) fn decide_on(
         expected_version,
         totp_before,
     })
+}
+
+/// [`decide_on`] for a writer that serves every command: a decision that panics is an internal
+/// error of that command, not the end of the writer.
+pub(super) fn decide_on_guarded(
+    user_id: &str,
+    snapshot: Option<Snapshot>,
+    decide: &SharedDecide,
+) -> Result<Decision, Error> {
+    catch_unwind(AssertUnwindSafe(|| decide_on(user_id, snapshot, decide)))
+        .unwrap_or_else(|_| Err(Error::Internal("a decision panicked".into())))
+}
+
+/// What a writer did for a command on a user not at hand, which it read, decided and wrote
+/// itself, in one go.
+#[derive(Debug)]
+pub(super) struct Decided {
+    /// The user as read (`None`: there is no such user).
+    pub read: Option<Snapshot>,
+    /// The refusal, or the decision and whether it was written (false: the version had moved on
+    /// between the read and the write).
+    pub outcome: Result<(Decision, bool), Error>,
+}
+
+impl Decided {
+    /// Remembers what was read in `cache`; answers the attempt this was.
+    pub fn remember_in(self, cache: &SnapshotCache) -> Attempt {
+        if let Some(read) = self.read {
+            cache.put(read);
+        }
+        match self.outcome {
+            Ok((decision, true)) => Attempt::Written(decision),
+            Ok((_, false)) => Attempt::Lost,
+            Err(refusal) => Attempt::Refused(refusal),
+        }
+    }
 }
 
 /// Runs a command: `attempt` is given the cached state of the user, if any (`None`: it reads),

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sqlx::{AnyConnection, ColumnIndex, Decode, Row, Type};
+use sqlx::{AnyConnection, Row};
 
 use super::classify;
 use crate::domain::clock::Timestamp;
@@ -364,53 +364,80 @@ pub(super) async fn ping(conn: &mut AnyConnection) -> Result<(), Error> {
         .map_err(|e| classify("pinging the database", e))
 }
 
-/// Reads a snapshot row (of either driver). A row that does not parse is a damaged database: an
-/// internal error.
-pub(super) fn snapshot_from_row<R: Row>(row: &R) -> Result<Snapshot, sqlx::Error>
-where
-    for<'a> &'a str: ColumnIndex<R>,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
-{
-    let state: String = row.try_get("state")?;
-    let profile: String = row.try_get("profile")?;
-    let bad = |what: &str| sqlx::Error::Decode(format!("stored {what} does not parse").into());
+/// A row of [`select_snapshot!`] as a database library hands it over, read by column name (NULL
+/// is `None`).
+pub(super) trait SnapshotRow {
+    type Error;
+    fn text(&self, column: &str) -> Result<Option<String>, Self::Error>;
+    fn int(&self, column: &str) -> Result<Option<i64>, Self::Error>;
+    fn blob(&self, column: &str) -> Result<Option<Vec<u8>>, Self::Error>;
+    /// The error for a stored value that does not parse.
+    fn unreadable(what: &str) -> Self::Error;
+}
+
+/// sqlx's rows of both databases.
+macro_rules! sqlx_snapshot_row {
+    ($($row:ty),*) => {$(
+        impl SnapshotRow for $row {
+            type Error = sqlx::Error;
+            fn text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn blob(&self, column: &str) -> Result<Option<Vec<u8>>, sqlx::Error> {
+                self.try_get(column)
+            }
+            fn unreadable(what: &str) -> sqlx::Error {
+                sqlx::Error::Decode(format!("stored {what} does not parse").into())
+            }
+        }
+    )*};
+}
+sqlx_snapshot_row!(sqlx::any::AnyRow, sqlx::postgres::PgRow);
+
+/// Reads a snapshot row. A row that does not parse is a damaged database: an internal error.
+pub(super) fn snapshot_from_row<R: SnapshotRow>(row: &R) -> Result<Snapshot, R::Error> {
+    let text = |column: &str| row.text(column)?.ok_or_else(|| R::unreadable(column));
+    let int = |column: &str| row.int(column)?.ok_or_else(|| R::unreadable(column));
+    let state = text("state")?;
+    let profile = text("profile")?;
     let user = UserRecord {
-        user_id: row.try_get("user_id")?,
-        resource_owner: row.try_get("resource_owner")?,
-        username: row.try_get("username")?,
-        email: row.try_get("email")?,
-        email_verified: row.try_get::<i64, _>("email_verified")? != 0,
-        profile: serde_json::from_str::<Profile>(&profile).map_err(|_| bad("profile"))?,
-        state: UserState::parse(&state).ok_or_else(|| bad("user state"))?,
-        sequence: row.try_get::<i64, _>("sequence")? as u64,
-        created_at: Timestamp(row.try_get("created_at")?),
-        change_date: Timestamp(row.try_get("change_date")?),
-        failed_attempts: row.try_get::<i64, _>("failed_attempts")? as u32,
-        locked_until: row
-            .try_get::<Option<i64>, _>("locked_until")?
-            .map(Timestamp),
-        recovery_codes: decode_code_hashes(&row.try_get::<String, _>("recovery_codes")?)
-            .ok_or_else(|| bad("recovery codes"))?,
-        version: row.try_get::<i64, _>("version")? as u64,
+        user_id: text("user_id")?,
+        resource_owner: text("resource_owner")?,
+        username: text("username")?,
+        email: text("email")?,
+        email_verified: int("email_verified")? != 0,
+        profile: serde_json::from_str::<Profile>(&profile).map_err(|_| R::unreadable("profile"))?,
+        state: UserState::parse(&state).ok_or_else(|| R::unreadable("user state"))?,
+        sequence: int("sequence")? as u64,
+        created_at: Timestamp(int("created_at")?),
+        change_date: Timestamp(int("change_date")?),
+        failed_attempts: int("failed_attempts")? as u32,
+        locked_until: row.int("locked_until")?.map(Timestamp),
+        recovery_codes: decode_code_hashes(&text("recovery_codes")?)
+            .ok_or_else(|| R::unreadable("recovery codes"))?,
+        version: int("version")? as u64,
     };
-    let totp = match row.try_get::<Option<String>, _>("totp_state")? {
+    let totp = match row.text("totp_state")? {
         None => None,
         Some(totp_state) => Some(TotpRecord {
-            state: TotpState::parse(&totp_state).ok_or_else(|| bad("TOTP state"))?,
+            state: TotpState::parse(&totp_state).ok_or_else(|| R::unreadable("TOTP state"))?,
             secret: SealedSecret {
-                key_id: row.try_get("key_id")?,
-                ciphertext: row.try_get("secret_sealed")?,
+                key_id: text("key_id")?,
+                ciphertext: row
+                    .blob("secret_sealed")?
+                    .ok_or_else(|| R::unreadable("secret_sealed"))?,
             },
             parameters: Parameters {
-                algorithm: Algorithm::parse(&row.try_get::<String, _>("algorithm")?)
-                    .ok_or_else(|| bad("TOTP algorithm"))?,
-                digits: row.try_get::<i64, _>("digits")? as u32,
-                period: row.try_get::<i64, _>("period")? as u32,
+                algorithm: Algorithm::parse(&text("algorithm")?)
+                    .ok_or_else(|| R::unreadable("TOTP algorithm"))?,
+                digits: int("digits")? as u32,
+                period: int("period")? as u32,
             },
-            last_used_step: row.try_get("last_used_step")?,
-            created_at: Timestamp(row.try_get("totp_created_at")?),
+            last_used_step: row.int("last_used_step")?,
+            created_at: Timestamp(int("totp_created_at")?),
         }),
     };
     Ok(Snapshot { user, totp })

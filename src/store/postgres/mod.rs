@@ -24,7 +24,7 @@ use super::rows::{self, RowValues};
 use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
 use reader::GroupRead;
-use writer::{Decided, GroupCommit};
+use writer::GroupCommit;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -128,16 +128,8 @@ impl Store for PostgresStore {
         optimistic::update(&self.cache, user_id, decide, async |cached, decide| {
             let Some(snapshot) = cached else {
                 // Not at hand: the writer reads, decides and writes in one cycle.
-                let Decided { read, outcome } =
-                    self.writes.read_decide_write(user_id, decide).await?;
-                if let Some(read) = read {
-                    self.cache.put(read);
-                }
-                return Ok(match outcome {
-                    Ok((decision, true)) => Attempt::Written(decision),
-                    Ok((_, false)) => Attempt::Lost,
-                    Err(refusal) => Attempt::Refused(refusal),
-                });
+                let decided = self.writes.read_decide_write(user_id, decide).await?;
+                return Ok(decided.remember_in(&self.cache));
             };
             let decision = match decide_on(user_id, Some(snapshot), &decide) {
                 Ok(decision) => decision,

@@ -33,7 +33,6 @@ mod in_doubt;
 pub(super) use in_doubt::{PATIENCE as IN_DOUBT_PATIENCE, RETRY_PAUSE as IN_DOUBT_RETRY_PAUSE};
 
 use std::collections::{HashSet, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -46,7 +45,7 @@ use super::session::reconnect;
 use crate::domain::error::{Error, OVERLOADED};
 use crate::domain::store::{Changes, Snapshot};
 use crate::store::classify;
-use crate::store::optimistic::{Decision, SharedDecide, decide_on};
+use crate::store::optimistic::{Decided, Decision, SharedDecide, decide_on_guarded};
 use crate::store::rows::{EventRow, PutTotp, RowValues, TotpRow};
 use crate::telemetry::{self, Family, Kind};
 
@@ -73,16 +72,6 @@ struct ReadDecideWrite {
     user_id: String,
     decide: SharedDecide,
     done: oneshot::Sender<Result<Decided, Error>>,
-}
-
-/// What the writer did for a [`GroupCommit::read_decide_write`].
-#[derive(Debug)]
-pub(super) struct Decided {
-    /// The user as read (`None`: there is no such user).
-    pub read: Option<Snapshot>,
-    /// The refusal, or the decision and whether it was written (false: the version had moved on
-    /// between the read and the write).
-    pub outcome: Result<(Decision, bool), Error>,
 }
 
 /// What waits in the writer's queue. (Not boxed: a job is moved once, into the channel's slot,
@@ -491,12 +480,7 @@ async fn decide_for(
                 continue;
             }
         };
-        // The writer serves every command: a decision that panics must not take it down.
-        let decided = catch_unwind(AssertUnwindSafe(|| {
-            decide_on(&command.user_id, read.clone(), &command.decide)
-        }))
-        .unwrap_or_else(|_| Err(Error::Internal("a decision panicked".into())));
-        let decision = match decided {
+        let decision = match decide_on_guarded(&command.user_id, read.clone(), &command.decide) {
             Ok(decision) => decision,
             Err(refusal) => {
                 let _ = command.done.send(Ok(Decided {

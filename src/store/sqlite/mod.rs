@@ -4,9 +4,10 @@
 //! outcome on the condition that the user's row is still at the version it read (see
 //! [`super::optimistic`]). Writes are grouped: one thread of this process writes them, every
 //! write waiting for it in one `BEGIN IMMEDIATE` transaction (one commit and one sync for the
-//! lot; see [`writer`]). Queueing the writes here, in order, spares them SQLite's busy handler,
+//! lot; see [`writer`]); a command on a user not at hand lets that thread read, decide and write
+//! in one go. Queueing the writes here, in order, spares them SQLite's busy handler,
 //! which polls with sleeps of up to 100 ms; other processes on the same file still meet the busy
-//! timeout. Reads go through a pool of sqlx connections. Every operation runs on a task of its
+//! timeout. Queries (GetUser and the like) read through a pool of sqlx connections. Every operation runs on a task of its
 //! own, so it lands whole even when its request stops waiting.
 
 mod writer;
@@ -125,11 +126,12 @@ impl SqliteStore {
 
     async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
         optimistic::update(&self.cache, user_id, decide, async |cached, decide| {
-            let snapshot = match cached {
-                Some(snapshot) => Some(snapshot),
-                None => self.load_now(user_id).await?,
+            let Some(snapshot) = cached else {
+                // Not at hand: the writer reads, decides and writes in one go.
+                let decided = self.writer.read_decide_write(user_id, decide).await?;
+                return Ok(decided.remember_in(&self.cache));
             };
-            let decision = match decide_on(user_id, snapshot, &decide) {
+            let decision = match decide_on(user_id, Some(snapshot), &decide) {
                 Ok(decision) => decision,
                 Err(refusal) => return Ok(Attempt::Refused(refusal)),
             };

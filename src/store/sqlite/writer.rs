@@ -8,6 +8,11 @@
 //! and those hand-offs cost more than SQLite's work (docs/performance.md). Both libraries link the
 //! same SQLite (`libsqlite3-sys`, bundled); sqlx keeps the readers, the migrations and the rest.
 //!
+//! A command on a user not at hand (no cached state, or a refusal to be decided again on a fresh
+//! read) hands over its decision instead: the thread reads the user in its transaction, lets the
+//! domain decide there (microseconds; a decision that panics fails its command only) and writes
+//! the outcome, sparing the command a read of its own on a pool connection, two more hand-offs.
+//!
 //! A request hands its write over a channel and waits for the answer: the thread wakes once per
 //! group, not once per statement. A write that fails (a value the database refuses) fails its
 //! group, which is then written again one write per transaction, so that only the faulty one
@@ -20,11 +25,14 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-use super::CONNECTION_SETUP;
+use super::{CONNECTION_SETUP, SELECT_SNAPSHOT};
 use crate::domain::error::Error;
+use crate::domain::store::Snapshot;
 use crate::store::is_transient;
+use crate::store::optimistic::{Decided, SharedDecide, decide_on_guarded};
 use crate::store::rows::{
-    EVENT_COLUMNS, INSERT_USER, NewUserRow, RowValues, TOTP_COLUMNS, TOTP_ON_CONFLICT, TotpRow,
+    EVENT_COLUMNS, INSERT_USER, NewUserRow, RowValues, SnapshotRow, TOTP_COLUMNS, TOTP_ON_CONFLICT,
+    TotpRow, snapshot_from_row,
 };
 
 /// Most writes in one transaction: a bound on how long one commit keeps the others waiting.
@@ -51,12 +59,35 @@ pub(super) struct Writer {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// A write waiting for the writer, and where its answer goes: whether it happened (an update
-/// does not when the user's row is no longer at the version it expects, an insert when the id is
-/// taken).
+/// Work waiting for the writer, and where its answer goes.
 struct Job {
-    write: Write,
-    done: oneshot::Sender<Result<bool, Error>>,
+    work: Work,
+    done: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+// Not boxed: work and outcome are each moved once, through a channel, and a box would cost an
+// allocation per command for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    /// Rows a command decided on itself.
+    Write(Write),
+    /// A command on a user not at hand: the writer reads the user, lets the domain decide and
+    /// writes the decision, in its transaction (no read of its own before, and the version
+    /// cannot move between the read and the write).
+    ReadDecideWrite {
+        user_id: String,
+        decide: SharedDecide,
+    },
+}
+
+/// What the writer did.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    /// Whether a [`Write`] happened (an update does not when the user's row is no longer at the
+    /// version it expects, an insert when the id is taken).
+    Written(bool),
+    /// What it read, decided and wrote for a [`Work::ReadDecideWrite`].
+    Decided(Decided),
 }
 
 /// The rows one command writes.
@@ -88,9 +119,37 @@ impl Writer {
 
     /// Writes `write` together with whatever else is waiting; answers whether it happened.
     pub async fn write(&self, write: Write) -> Result<bool, Error> {
+        match self.run(Work::Write(write)).await? {
+            Outcome::Written(written) => Ok(written),
+            Outcome::Decided(_) => {
+                Err(Error::Internal("a write was answered as a decision".into()))
+            }
+        }
+    }
+
+    /// Reads `user_id`, lets `decide` decide on it and writes the decision, together with
+    /// whatever else is waiting.
+    pub async fn read_decide_write(
+        &self,
+        user_id: &str,
+        decide: SharedDecide,
+    ) -> Result<Decided, Error> {
+        let work = Work::ReadDecideWrite {
+            user_id: user_id.to_owned(),
+            decide,
+        };
+        match self.run(work).await? {
+            Outcome::Decided(decided) => Ok(decided),
+            Outcome::Written(_) => {
+                Err(Error::Internal("a decision was answered as a write".into()))
+            }
+        }
+    }
+
+    async fn run(&self, work: Work) -> Result<Outcome, Error> {
         let (done, answer) = oneshot::channel();
         let sent = match &*self.jobs.lock().expect("writer channel lock") {
-            Some(jobs) => jobs.send(Job { write, done }).is_ok(),
+            Some(jobs) => jobs.send(Job { work, done }).is_ok(),
             None => false,
         };
         if !sent {
@@ -140,9 +199,9 @@ fn write_until_closed(path: &Path, queue: mpsc::Receiver<Job>) {
 /// summary), and answers every job; answers the last failure.
 fn write_and_answer(conn: &mut Connection, group: Vec<Job>) -> Result<(), Error> {
     match write_group(conn, &group) {
-        Ok(written) => {
-            for (job, written) in group.into_iter().zip(written) {
-                let _ = job.done.send(Ok(written));
+        Ok(outcomes) => {
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                let _ = job.done.send(Ok(outcome));
             }
             Ok(())
         }
@@ -153,7 +212,12 @@ fn write_and_answer(conn: &mut Connection, group: Vec<Job>) -> Result<(), Error>
                 if let Err(error) = &alone {
                     last = Err(error.clone());
                 }
-                let _ = job.done.send(alone.map(|written| written[0]));
+                let outcome = alone.and_then(|outcomes| {
+                    outcomes.into_iter().next().ok_or_else(|| {
+                        Error::Internal("a write alone came back without its outcome".into())
+                    })
+                });
+                let _ = job.done.send(outcome);
             }
             last
         }
@@ -181,14 +245,19 @@ fn open(path: &Path) -> Result<Connection, Error> {
 /// Writes every job of `group` in one `BEGIN IMMEDIATE` transaction (the write lock is taken at
 /// once, so the version checks and the writes after them cannot interleave with another
 /// process's writer); answers whether each happened. A failed statement rolls back the lot.
-fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<bool>, Error> {
+fn write_group(conn: &mut Connection, group: &[Job]) -> Result<Vec<Outcome>, Error> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| classify("beginning a transaction", e))?;
     let written = group
         .iter()
-        .map(|job| write_one(&tx, &job.write))
-        .collect::<Result<Vec<bool>, Error>>()?;
+        .map(|job| match &job.work {
+            Work::Write(write) => write_one(&tx, write).map(Outcome::Written),
+            Work::ReadDecideWrite { user_id, decide } => {
+                read_decide_write(&tx, user_id, decide).map(Outcome::Decided)
+            }
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     tx.commit().map_err(|e| classify("committing", e))?;
     Ok(written)
 }
@@ -209,6 +278,66 @@ fn write_one(conn: &Connection, write: &Write) -> Result<bool, Error> {
     append_events(conn, rows)?;
     change_totp(conn, rows)?;
     Ok(true)
+}
+
+/// Reads the user, lets the domain decide and writes the decision (see [`Work::ReadDecideWrite`]).
+fn read_decide_write(
+    conn: &Connection,
+    user_id: &str,
+    decide: &SharedDecide,
+) -> Result<Decided, Error> {
+    let read = read_snapshot(conn, user_id)?;
+    let decision = match decide_on_guarded(user_id, read.clone(), decide) {
+        Ok(decision) => decision,
+        Err(refusal) => {
+            return Ok(Decided {
+                read,
+                outcome: Err(refusal),
+            });
+        }
+    };
+    let write = Write::Update {
+        rows: RowValues::of(&decision.changes),
+        expected_version: decision.expected_version,
+    };
+    let written = write_one(conn, &write)?;
+    Ok(Decided {
+        read,
+        outcome: Ok((decision, written)),
+    })
+}
+
+fn read_snapshot(conn: &Connection, user_id: &str) -> Result<Option<Snapshot>, Error> {
+    let mut statement = conn
+        .prepare_cached(SELECT_SNAPSHOT)
+        .map_err(|e| classify("loading a user", e))?;
+    let mut rows = statement
+        .query(params![user_id])
+        .map_err(|e| classify("loading a user", e))?;
+    let row = rows.next().map_err(|e| classify("loading a user", e))?;
+    row.map(snapshot_from_row)
+        .transpose()
+        .map_err(|e| classify("reading a user row", e))
+}
+
+impl SnapshotRow for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, column: &str) -> rusqlite::Result<Option<String>> {
+        self.get(column)
+    }
+    fn int(&self, column: &str) -> rusqlite::Result<Option<i64>> {
+        self.get(column)
+    }
+    fn blob(&self, column: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.get(column)
+    }
+    fn unreadable(what: &str) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("stored {what} does not parse").into(),
+        )
+    }
 }
 
 fn update_user(conn: &Connection, rows: &RowValues, expected_version: u64) -> Result<bool, Error> {
@@ -354,7 +483,8 @@ mod tests {
             conn.execute(
                 "INSERT INTO users (user_id, resource_owner, username, email, email_verified, \
                  profile, state, sequence, created_at, change_date, version) \
-                 VALUES (?1, 'org', ?1, ?1, 0, '{}', 'active', 0, 0, 0, 0)",
+                 VALUES (?1, 'org', ?1, ?1, 0, \
+                 '{\"given_name\":\"A\",\"family_name\":\"B\"}', 'active', 0, 0, 0, 0)",
                 params![user],
             )
             .unwrap();
@@ -399,6 +529,23 @@ mod tests {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap()
+    }
+
+    /// A decision that panics fails its own command; the writer serves the next one.
+    #[tokio::test]
+    async fn a_decision_that_panics_fails_alone() {
+        let (_folder, path) = database_with(&["a"]).await;
+        let writer = Writer::start(path.clone()).unwrap();
+        let panics: SharedDecide = Arc::new(|_| panic!("a decision that panics"));
+        let decided = writer.read_decide_write("a", panics).await.unwrap();
+        assert!(decided.read.is_some_and(|read| read.user.version == 0));
+        assert_eq!(
+            decided.outcome.unwrap_err(),
+            Error::Internal("a decision panicked".into())
+        );
+        assert_eq!(writer.write(one_event("a", 0)).await, Ok(true));
+        assert_eq!(version_and_events(&path, "a"), (1, 1));
+        writer.close().await;
     }
 
     /// Writes waiting together go in one transaction; one the database refuses fails alone and
