@@ -96,6 +96,48 @@ impl Decided {
     }
 }
 
+/// A writer that can also read and decide itself (both stores' writers).
+pub(super) trait DecidingWriter: Sync {
+    /// Reads `user_id`, lets `decide` decide on it and writes the decision.
+    fn read_decide_write(
+        &self,
+        user_id: &str,
+        decide: SharedDecide,
+    ) -> impl Future<Output = Result<Decided, Error>> + Send;
+
+    /// Writes `decision` if the user is still at the version it was decided on; answers whether
+    /// it was.
+    fn write_decision(
+        &self,
+        decision: &Decision,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// One attempt of a command (see [`update`]): a user at hand (`cached`) is decided on here and
+/// the changes handed to the writer; a user not at hand goes to the writer whole, which spares
+/// the command a read of its own.
+pub(super) async fn attempt_once(
+    cache: &SnapshotCache,
+    writer: &impl DecidingWriter,
+    user_id: &str,
+    cached: Option<Snapshot>,
+    decide: SharedDecide,
+) -> Result<Attempt, Error> {
+    let Some(snapshot) = cached else {
+        let decided = writer.read_decide_write(user_id, decide).await?;
+        return Ok(decided.remember_in(cache));
+    };
+    let decision = match decide_on(user_id, Some(snapshot), &decide) {
+        Ok(decision) => decision,
+        Err(refusal) => return Ok(Attempt::Refused(refusal)),
+    };
+    Ok(if writer.write_decision(&decision).await? {
+        Attempt::Written(decision)
+    } else {
+        Attempt::Lost
+    })
+}
+
 /// Runs a command: `attempt` is given the cached state of the user, if any (`None`: it reads),
 /// decides and writes; after a lost race it is run again, with a short random pause when the
 /// race was with another writer (not merely with a stale cache entry).

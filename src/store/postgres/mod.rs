@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use super::StoreOptions;
 use super::cache::SnapshotCache;
 use super::connections::{self, Connections, to_the_end};
-use super::optimistic::{self, Attempt, decide_on};
+use super::optimistic;
 use super::rows::{self, RowValues};
 use crate::domain::error::Error;
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
@@ -126,24 +126,7 @@ impl Store for PostgresStore {
 
     async fn update(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
         optimistic::update(&self.cache, user_id, decide, async |cached, decide| {
-            let Some(snapshot) = cached else {
-                // Not at hand: the writer reads, decides and writes in one cycle.
-                let decided = self.writes.read_decide_write(user_id, decide).await?;
-                return Ok(decided.remember_in(&self.cache));
-            };
-            let decision = match decide_on(user_id, Some(snapshot), &decide) {
-                Ok(decision) => decision,
-                Err(refusal) => return Ok(Attempt::Refused(refusal)),
-            };
-            let written = self
-                .writes
-                .write(&decision.changes, decision.expected_version)
-                .await?;
-            Ok(if written {
-                Attempt::Written(decision)
-            } else {
-                Attempt::Lost
-            })
+            optimistic::attempt_once(&self.cache, &self.writes, user_id, cached, decide).await
         })
         .await
     }

@@ -45,7 +45,9 @@ use super::session::reconnect;
 use crate::domain::error::{Error, OVERLOADED};
 use crate::domain::store::{Changes, Snapshot};
 use crate::store::classify;
-use crate::store::optimistic::{Decided, Decision, SharedDecide, decide_on_guarded};
+use crate::store::optimistic::{
+    Decided, DecidingWriter, Decision, SharedDecide, decide_on_guarded,
+};
 use crate::store::rows::{EventRow, PutTotp, RowValues, TotpRow};
 use crate::telemetry::{self, Family, Kind};
 
@@ -341,6 +343,23 @@ fn answer(batch: Vec<Write>, outcomes: Vec<Result<bool, Unwritten>>) -> Vec<Writ
         }
     }
     in_doubt
+}
+
+impl DecidingWriter for GroupCommit {
+    fn read_decide_write(
+        &self,
+        user_id: &str,
+        decide: SharedDecide,
+    ) -> impl Future<Output = Result<Decided, Error>> + Send {
+        GroupCommit::read_decide_write(self, user_id, decide)
+    }
+
+    fn write_decision(
+        &self,
+        decision: &Decision,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.write(&decision.changes, decision.expected_version)
+    }
 }
 
 /// Writes `write` by itself on the connection for lone writes, and answers it.

@@ -26,7 +26,7 @@ use super::StoreOptions;
 use super::cache::SnapshotCache;
 use super::classify;
 use super::connections::{self, Connections, to_the_end};
-use super::optimistic::{self, Attempt, decide_on};
+use super::optimistic;
 use super::rows::{NewUserRow, RowValues, select_snapshot, snapshot_from_row};
 use crate::domain::error::{self, Error};
 use crate::domain::store::{Changes, Committed, ConnectionStats, Decide, Snapshot, Store};
@@ -126,25 +126,7 @@ impl SqliteStore {
 
     async fn update_now(&self, user_id: &str, decide: Decide) -> Result<Committed, Error> {
         optimistic::update(&self.cache, user_id, decide, async |cached, decide| {
-            let Some(snapshot) = cached else {
-                // Not at hand: the writer reads, decides and writes in one go.
-                let decided = self.writer.read_decide_write(user_id, decide).await?;
-                return Ok(decided.remember_in(&self.cache));
-            };
-            let decision = match decide_on(user_id, Some(snapshot), &decide) {
-                Ok(decision) => decision,
-                Err(refusal) => return Ok(Attempt::Refused(refusal)),
-            };
-            let write = Write::Update {
-                rows: RowValues::of(&decision.changes),
-                expected_version: decision.expected_version,
-            };
-            let written = self.writer.write(write).await?;
-            Ok(if written {
-                Attempt::Written(decision)
-            } else {
-                Attempt::Lost
-            })
+            optimistic::attempt_once(&self.cache, &*self.writer, user_id, cached, decide).await
         })
         .await
     }

@@ -29,7 +29,9 @@ use super::{CONNECTION_SETUP, SELECT_SNAPSHOT};
 use crate::domain::error::Error;
 use crate::domain::store::Snapshot;
 use crate::store::is_transient;
-use crate::store::optimistic::{Decided, SharedDecide, decide_on_guarded};
+use crate::store::optimistic::{
+    Decided, DecidingWriter, Decision, SharedDecide, decide_on_guarded,
+};
 use crate::store::rows::{
     EVENT_COLUMNS, INSERT_USER, NewUserRow, RowValues, SnapshotRow, TOTP_COLUMNS, TOTP_ON_CONFLICT,
     TotpRow, snapshot_from_row,
@@ -167,6 +169,26 @@ impl Writer {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+impl DecidingWriter for Writer {
+    fn read_decide_write(
+        &self,
+        user_id: &str,
+        decide: SharedDecide,
+    ) -> impl Future<Output = Result<Decided, Error>> + Send {
+        Writer::read_decide_write(self, user_id, decide)
+    }
+
+    fn write_decision(
+        &self,
+        decision: &Decision,
+    ) -> impl Future<Output = Result<bool, Error>> + Send {
+        self.write(Write::Update {
+            rows: RowValues::of(&decision.changes),
+            expected_version: decision.expected_version,
+        })
     }
 }
 
