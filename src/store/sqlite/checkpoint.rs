@@ -21,9 +21,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
@@ -83,18 +83,17 @@ impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.commits.take();
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
 }
 
-/// The thread: waits for a commit, lets others gather for [`GATHER`], checkpoints; until the
-/// writer drops its handle.
+/// The thread: waits for a commit, lets others gather, checkpoints; until the writer drops its
+/// handle.
 fn checkpoint_until_closed(path: PathBuf, commits: Receiver<()>, restart_due: &AtomicBool) {
     let mut connection: Option<Connection> = None;
-    while commits.recv().is_ok() {
-        std::thread::sleep(GATHER);
-        while commits.try_recv().is_ok() {}
+    while commits.recv().is_ok() && gather(&commits) {
         let conn = match &mut connection {
             Some(conn) => conn,
             empty => match Connection::open(&path) {
@@ -112,6 +111,22 @@ fn checkpoint_until_closed(path: PathBuf, commits: Receiver<()>, restart_due: &A
                 connection = None;
             }
         }
+    }
+}
+
+/// Lets commits gather for [`GATHER`]; answers false as soon as the writer has dropped its
+/// handle (which wakes the thread), so that closing the store does not wait out the interval.
+fn gather(commits: &Receiver<()>) -> bool {
+    let deadline = Instant::now() + GATHER;
+    loop {
+        if let Err(TryRecvError::Disconnected) = commits.try_recv() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::park_timeout(deadline - now);
     }
 }
 

@@ -6,10 +6,11 @@
 //! write waiting for it in one `BEGIN IMMEDIATE` transaction (one commit and one sync for the
 //! lot; see [`writer`]); a command on a user not at hand lets that thread read, decide and write
 //! in one go. Another thread copies the WAL back into the database file beside the writer
-//! ([`checkpoint`]), so that no commit waits for a checkpoint. Queueing the writes here, in order, spares them SQLite's busy handler,
-//! which polls with sleeps of up to 100 ms; other processes on the same file still meet the busy
-//! timeout. Queries (GetUser and the like) read through a pool of sqlx connections. Every operation runs on a task of its
-//! own, so it lands whole even when its request stops waiting.
+//! ([`checkpoint`]), so that no commit waits for a checkpoint. Queueing the writes here, in
+//! order, spares them SQLite's busy handler, which polls with sleeps of up to 100 ms; other
+//! processes on the same file still meet the busy timeout. Queries (GetUser and the like) read
+//! through a pool of sqlx connections. Every operation runs on a task of its own, so it lands
+//! whole even when its request stops waiting.
 
 mod checkpoint;
 mod writer;
