@@ -13,7 +13,8 @@
 //! write begins, which a checkpoint beside a busy writer seldom does. So once the WAL has grown
 //! past [`RESTART_AT`] pages, the writer itself, between two transactions, runs a RESTART
 //! checkpoint: it copies the few pages committed since the thread's last checkpoint, and the
-//! next transaction starts the WAL again. (Run from this thread, the RESTART would hold the lock
+//! next transaction starts the WAL again. It waits for the WAL's readers at most
+//! [`RESTART_PATIENCE`] (every write waits with it), and tries again later when one is slower. (Run from this thread, the RESTART would hold the lock
 //! the writer waits for, and the writer would wait in SQLite's busy handler, which sleeps in
 //! steps of milliseconds.) The writer keeps SQLite's own checkpoint, at
 //! [`WRITER_CHECKPOINT_PAGES`] instead of 1,000, as a bound should this thread fail.
@@ -33,6 +34,9 @@ const GATHER: Duration = Duration::from_millis(200);
 
 /// WAL pages past which the writer has the WAL start afresh (32 MiB of 4 KiB pages).
 const RESTART_AT: i64 = 8_192;
+
+/// How long the writer's RESTART checkpoint waits for readers (see [`restart`]).
+const RESTART_PATIENCE: Duration = Duration::from_millis(20);
 
 /// WAL pages at which the writer's own commit checkpoints (SQLite's `wal_autocheckpoint`): a
 /// bound on the WAL (64 MiB) should the checkpoint thread fail, not reached while it works.
@@ -72,7 +76,7 @@ impl Checkpointer {
             let _ = commits.try_send(());
         }
         if self.restart_due.swap(false, Ordering::Relaxed)
-            && let Err(error) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+            && let Err(error) = restart(conn)
         {
             tracing::warn!(%error, "checkpointing the SQLite WAL to start it afresh");
         }
@@ -112,6 +116,18 @@ fn checkpoint_until_closed(path: PathBuf, commits: Receiver<()>, restart_due: &A
             }
         }
     }
+}
+
+/// The RESTART checkpoint on the writer's connection. It waits for the readers of the WAL to
+/// finish, and every write waits with it, so it waits [`RESTART_PATIENCE`] at most instead of the
+/// connection's busy timeout: should a reader take longer, the WAL is not restarted this time,
+/// and the thread asks again after its next checkpoint.
+fn restart(conn: &Connection) -> rusqlite::Result<()> {
+    let busy_timeout: u64 = conn.pragma_query_value(None, "busy_timeout", |row| row.get(0))?;
+    conn.busy_timeout(RESTART_PATIENCE)?;
+    let restarted = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+    conn.busy_timeout(Duration::from_millis(busy_timeout))?;
+    restarted
 }
 
 /// Lets commits gather for [`GATHER`]; answers false as soon as the writer has dropped its
@@ -178,5 +194,46 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
             .unwrap();
         assert_eq!(rows, 21);
+    }
+
+    /// A reader in the middle of the WAL holds a due restart off for [`RESTART_PATIENCE`], not
+    /// for the writer's busy timeout: the writes go on, the WAL is restarted on a later turn.
+    #[test]
+    fn a_due_restart_waits_for_a_slow_reader_only_briefly() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("wal.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA busy_timeout = 10000; CREATE TABLE t (n); INSERT INTO t VALUES (0);",
+        )
+        .unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let checkpointer = Checkpointer {
+            commits: None,
+            thread: None,
+            restart_due: Arc::new(AtomicBool::new(true)),
+        };
+        let started = Instant::now();
+        checkpointer.committed(&conn);
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(2),
+            "the restart waited {waited:?} for the reader"
+        );
+        let busy_timeout: u64 = conn
+            .pragma_query_value(None, "busy_timeout", |row| row.get(0))
+            .unwrap();
+        assert_eq!(busy_timeout, 10_000, "the writer's busy timeout is back");
+        conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        reader.execute_batch("COMMIT").unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 3);
     }
 }
