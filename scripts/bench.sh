@@ -66,7 +66,9 @@ run_service() { # $1 = label, rest = env assignments; runs $service_bin
         --service-pid "$service_pid" ${database_pid:+--database-pid "$database_pid"} \
         ${database_url:+--settle-database "$database_url"} | sed "s/^{/{\"database\":\"$label\",/" >> "$results" \
         || echo "the load generator saw unexpected outcomes (see the unexp column)" >&2
-    [ -n "$wrk_users" ] && cross_check_with_wrk "$label" "$port" "$token"
+    # Before the cross-check, which pins the service to one core.
+    if [ -n "$http_floor" ]; then measure_http_floor "$label" "$port"; fi
+    if [ -n "$wrk_users" ]; then cross_check_with_wrk "$label" "$port" "$token"; fi
     kill "$service_pid"
 }
 
@@ -83,10 +85,21 @@ run_service() { # $1 = label, rest = env assignments; runs $service_bin
 # column of every row), whereas the check is about whether the two count and time alike.
 # unexpected counts any answer but the refusal (HTTP 400 with COMMAND-SF3fg) and socket errors.
 CROSS_CHECK_ROUNDS=${CROSS_CHECK_ROUNDS:-5}
-wrk_users=
-if [[ ",$PROTOCOLS," == *,rest,* && ",$SCENARIOS," == *,check-locked,* ]]; then
-    scripts/install-packages.sh $(command -v wrk >/dev/null || echo wrk) && wrk_users=yes
-fi
+wrk_users= http_floor=
+if [[ ",$PROTOCOLS," == *,rest,* && ",$SCENARIOS," == *,check-locked,* ]]; then wrk_users=yes; fi
+if [[ ",$CONCURRENCY," == *,1,* ]]; then http_floor=yes; fi
+if [ -n "$wrk_users$http_floor" ]; then scripts/install-packages.sh $(command -v wrk >/dev/null || echo wrk); fi
+
+# The floor at one client: what one HTTP exchange that does nothing (GET /healthz) costs on this
+# machine, client and service together, measured by wrk with one connection. A request at one
+# client is such an exchange plus the service's work plus its commit, so the table ends with the
+# most a service doing no work of its own could answer (see the lines printed after the table).
+measure_http_floor() { # $1 = label, $2 = port
+    case $1 in *-cold) return ;; esac
+    wrk -t 1 -c 1 -d "$DURATION" "http://127.0.0.1:$2/healthz" > "$work/floor.out"
+    local rps; rps=$(sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p' "$work/floor.out")
+    echo "{\"floor\":\"http\",\"database\":\"$1\",\"rps\":$rps}" >> "$results"
+}
 cross_check_with_wrk() { # $1 = label, $2 = port, $3 = token
     case $1 in *-cold) return ;; esac
     local base="http://127.0.0.1:$2" user="wrk-$RANDOM$RANDOM" connections=${CONCURRENCY##*,} round
@@ -171,6 +184,8 @@ cat > "$work/write.sql" <<'SQL'
 SELECT u.version, u.sequence, t.last_used_step FROM users u LEFT JOIN totp t ON t.user_id = u.user_id WHERE u.user_id = 'pgb-' || :n;
 WITH u AS (UPDATE users SET sequence = sequence + 1, change_date = 1, version = version + 1 WHERE user_id = 'pgb-' || :n RETURNING user_id, sequence), e AS (INSERT INTO events SELECT user_id, sequence, 'bench', '{}', 'bench', 'pgbench', 1 FROM u), t AS (UPDATE totp SET last_used_step = last_used_step + 1 WHERE user_id IN (SELECT user_id FROM u)) SELECT user_id FROM u;
 SQL
+# The write alone (no read before it): what one request's commit costs Postgres at one client.
+grep -v '^SELECT' "$work/write.sql" > "$work/commit.sql"
 # Measured before and again after the service's runs; the table takes the better of the two for
 # each number, so a VM that speeds up or slows down during the run does not flatter the service.
 measure_ceiling() { # $1 = before | after
@@ -185,6 +200,13 @@ measure_ceiling() { # $1 = before | after
         p99=$(cat "$work"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
         echo "{\"ceiling\":\"postgres\",\"concurrency\":$c,\"rps\":$tps,\"p99_ms\":$p99,\"when\":\"$1\"}" >> "$results"
         echo "pgbench c=$c ($1): $tps tx/s, p99 $p99 ms" >&2
+        if [ "$c" = 1 ]; then
+            (cd "$work" && "$pg_bin/pgbench" -n -M prepared -h 127.0.0.1 -p "$pg_port" -U postgres -c 1 -T "$seconds" \
+                -f commit.sql postgres > pgbench.out 2>&1)
+            tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pgbench.out")
+            echo "{\"ceiling\":\"postgres-commit\",\"concurrency\":1,\"rps\":$tps,\"p99_ms\":0,\"when\":\"$1\"}" >> "$results"
+            echo "pgbench c=1, the write alone ($1): $tps tx/s" >&2
+        fi
     done
 }
 measure_ceiling before
@@ -227,7 +249,7 @@ for r in rows:
 print(f"machine: {sys.argv[2]} cores; ratio = service req/s / ceiling tx/s at the same concurrency")
 print(f"{'database':<13} {'scenario':<13} {'protocol':<15} {'conc':>4} {'req/s':>8} {'p99 ms':>8} {'ceiling':>8} {'ceil p99':>8} {'ratio':>6} {'unexp':>5} {'cpu ms/1k':>9} {'peak RSS':>8} {'db ms/1k':>8} {'gen ms/1k':>9}")
 for r in rows:
-    if "ceiling" in r:
+    if "ceiling" in r or "floor" in r:
         continue
     ceiling = ceilings.get((r["database"].split("-")[0], r["concurrency"]), {})
     ratio = r["rps"] / ceiling["rps"] if ceiling.get("rps") else float("nan")
@@ -250,4 +272,21 @@ for database in dict.fromkeys(r["database"] for r in rows if r.get("protocol") =
         ours, wrk = medians["rest (one user)"], medians["rest (wrk)"]
         print(f"cross-check on {database}: totp-bench {ours:.0f} req/s, wrk {wrk:.0f} req/s (medians); "
               f"totp-bench/wrk = {ours / wrk:.3f}")
+# The bound at one client: an HTTP exchange that does nothing, then the commit alone (Postgres:
+# pgbench running only the write statement; SQLite: its ceiling's transaction, whose read costs
+# microseconds in place). A service that did no work of its own could answer no faster.
+for floor in (r for r in rows if r.get("floor") == "http"):
+    database = floor["database"]
+    kind = database.split("-")[0]
+    commit = ceilings.get((f"{kind}-commit" if kind == "postgres" else kind, 1), {}).get("rps")
+    ceiling = ceilings.get((kind, 1), {}).get("rps")
+    if not commit or not ceiling:
+        continue
+    exchange_us, commit_us = 1e6 / floor["rps"], 1e6 / commit
+    bound = 1e6 / (exchange_us + commit_us)
+    best = max((r["rps"] for r in rows if r.get("database") == database and r.get("concurrency") == 1
+                and r.get("scenario") in ("check-valid", "verify") and "ceiling" not in r), default=0)
+    print(f"one client on {database}: nothing-doing HTTP exchange {exchange_us:.0f} us (wrk, GET /healthz) + "
+          f"commit alone {commit_us:.0f} us = at most {bound:.0f} req/s, ratio <= {bound / ceiling:.2f}; "
+          f"best writing row {best:.0f} req/s = {best / bound:.2f} of that bound")
 PY
