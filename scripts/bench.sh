@@ -3,8 +3,8 @@
 # measures its ceiling with pgbench running the service's own write shape, then runs the load
 # generator against the service on that Postgres, then pgbench again (the table takes the better
 # of the two); then the same on the embedded SQLite default with its own ceiling. The database is
-# vacuumed and checkpointed before every measured run. Prints one table (then the cross-check's medians and the one-client bound). Traffic stays on
-# 127.0.0.1; the run takes ~9 minutes.
+# vacuumed and checkpointed before every measured run. Prints one table, then the cross-check's
+# medians and the one-client bound. Traffic stays on 127.0.0.1; the run takes ~9 minutes.
 #
 #   scripts/bench.sh                  # full matrix, 3 s per run (~9 minutes)
 #   DURATION=2s CONCURRENCY=1,32 PROTOCOLS=rest SCENARIOS=check-valid DATABASES=postgres scripts/bench.sh
